@@ -1,0 +1,20 @@
+//! cri-imaged: a Kubernetes CRI image service whose whole state (names, images,
+//! blobs, snapshots, leases) lives in one ACID database.
+//!
+//! Data flow, where an arrow means "calls" and nothing calls back up the chain:
+//!
+//! ```text
+//! main ──► daemon ──► metadata (redb)
+//!           (api, image_service, registry, content_store, unpack,
+//!            snapshot_store, gc and reconcile join as they land)
+//! ```
+//!
+//! `reference` and `oci` are value types that every layer shares and that do
+//! no I/O. ARCHITECTURE.md has the map and the invariants.
+
+pub mod config;
+pub mod daemon;
+pub mod fail_point;
+pub mod metadata;
+pub mod oci;
+pub mod reference;

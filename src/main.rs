@@ -1,0 +1,78 @@
+//! The `cri-imaged` binary: the daemon (`serve`) and its clients. Parses flags,
+//! sets up logging, and hands over to the library; `anyhow` is used only here.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use cri_imaged::config::{Config, RawConfig};
+use cri_imaged::daemon::Daemon;
+
+#[derive(Parser, Debug)]
+#[command(name = "cri-imaged", version, about = "Kubernetes CRI image service")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// State directory (default: /var/lib/cri-imaged as root, a per-user directory otherwise).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    cri_imaged::fail_point::configure_from_environment();
+    match cli.command {
+        Command::Serve { root } => serve(RawConfig { root }),
+    }
+}
+
+fn serve(raw: RawConfig) -> anyhow::Result<()> {
+    let config = Config::from_raw(raw).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let daemon = Daemon::start(config)?;
+    runtime.block_on(daemon.run(shutdown_signal()));
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRI_IMAGED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

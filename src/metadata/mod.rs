@@ -1,0 +1,333 @@
+//! The metadata store: every image, name, blob, snapshot, lease and ingest the
+//! daemon knows about, in one redb database file. This is the only module that
+//! imports redb.
+//!
+//! Why one ACID database: a name's create-or-update, an image's removal with all
+//! its names, and a pull's final "ready" step are each one transaction, so a crash
+//! at any instant leaves either the old state or the new one, never a mix.
+//!
+//! Reads go through [`ReadSnapshot`] (a consistent MVCC view that never waits for
+//! a writer); writes go through [`MetadataStore::write`], whose closure gets a
+//! typed [`WriteTxn`] and commits only if it returns `Ok`. Commits are durable
+//! (`fsync` before returning) unless made with [`MetadataStore::write_relaxed`],
+//! which is for progress notes that may be lost in a crash (ingest offsets).
+
+mod consistency_check;
+mod error;
+pub mod migrations;
+mod model;
+mod read;
+mod records;
+mod tables;
+mod write;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use consistency_check::{ConsistencyProblem, check_consistency};
+pub use error::{MetadataError, OpenError};
+pub use migrations::SCHEMA_VERSION;
+pub use model::{
+    Blob, BlobState, Image, ImageState, Ingest, Lease, LeaseResource, NamedImage, RecordCounts,
+    Snapshot, SnapshotState,
+};
+pub use read::ReadSnapshot;
+pub use records::RecordError;
+pub use write::WriteTxn;
+
+use redb::ReadableDatabase;
+
+use crate::reference::Digest;
+
+/// The open metadata database.
+pub struct MetadataStore {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+/// What opening found, for the startup summary line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The file did not exist or was empty and was initialized at the current schema.
+    pub created: bool,
+    /// Schema version found in the file before any migration.
+    pub found_schema_version: u64,
+    /// Migration steps applied by this open.
+    pub migration_steps_applied: u64,
+    /// redb found the file was not closed cleanly and repaired its allocator state.
+    pub repaired_after_unclean_shutdown: bool,
+}
+
+impl MetadataStore {
+    /// Opens (creating if absent) the database at `path`, checks its integrity,
+    /// and migrates it to [`SCHEMA_VERSION`].
+    ///
+    /// A file written by a newer schema is refused before anything is written to
+    /// it. A file that fails redb's integrity check is refused with
+    /// [`OpenError::Corrupted`]; nothing is ever deleted or reset.
+    pub fn open(path: &Path) -> Result<(MetadataStore, OpenReport), OpenError> {
+        Self::open_with_steps(path, migrations::STEPS, SCHEMA_VERSION)
+    }
+
+    pub(crate) fn open_with_steps(
+        path: &Path,
+        steps: &[migrations::MigrationStep],
+        target_version: u64,
+    ) -> Result<(MetadataStore, OpenReport), OpenError> {
+        let path = path.to_path_buf();
+        refuse_newer_schema_without_writing(&path, target_version)?;
+
+        let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
+        let repaired_in_callback = repaired.clone();
+        // The integrity check verifies the checksum of every committed page, so a
+        // file altered behind redb's back is refused instead of trusted. It reads
+        // the whole file, which for our record sizes costs milliseconds.
+        let db = catch_unwind(AssertUnwindSafe(|| {
+            redb::Builder::new()
+                .set_check_integrity_on_open(true)
+                .set_repair_callback(move |_session| repaired_in_callback.set(true))
+                .create(&path)
+        }))
+        .map_err(|panic| OpenError::Corrupted {
+            path: path.clone(),
+            detail: format!("redb panicked while opening it: {}", panic_message(&panic)),
+        })?
+        .map_err(|error| database_open_error(&path, error))?;
+        let store = MetadataStore { db, path };
+
+        let has_tables = store
+            .has_any_table()
+            .map_err(|error| store.metadata_error(error))?;
+        let found = if has_tables {
+            store
+                .read()
+                .and_then(|snapshot| snapshot.schema_version())
+                .map_err(|error| store.metadata_error(error))?
+        } else {
+            None
+        };
+        let mut report = OpenReport {
+            created: false,
+            found_schema_version: found.unwrap_or(target_version),
+            migration_steps_applied: 0,
+            repaired_after_unclean_shutdown: repaired.get(),
+        };
+        match found {
+            None if !has_tables => {
+                migrations::initialize(&store.db, target_version)
+                    .map_err(|error| store.metadata_error(error))?;
+                report.created = true;
+            }
+            None => {
+                return Err(OpenError::Corrupted {
+                    path: store.path.clone(),
+                    detail: "it has tables but no schema version".to_owned(),
+                });
+            }
+            Some(found) if found > target_version => {
+                return Err(OpenError::NewerSchema {
+                    path: store.path.clone(),
+                    found,
+                    supported: target_version,
+                });
+            }
+            Some(found) => {
+                report.migration_steps_applied =
+                    migrations::migrate(&store.db, &store.path, found, steps, target_version)?;
+            }
+        }
+        Ok((store, report))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A consistent view of the store as of the last commit.
+    pub fn read(&self) -> Result<ReadSnapshot, MetadataError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(MetadataError::storage("begin read"))?;
+        Ok(ReadSnapshot::new(txn))
+    }
+
+    /// Runs `change` in one write transaction and commits it durably if it
+    /// returns `Ok`; on `Err` nothing is written.
+    pub fn write<T>(
+        &self,
+        change: impl FnOnce(&mut WriteTxn) -> Result<T, MetadataError>,
+    ) -> Result<T, MetadataError> {
+        self.write_with(redb::Durability::Immediate, change)
+    }
+
+    /// Like [`MetadataStore::write`], but the commit is made durable only by the
+    /// next durable commit: a crash may lose it (never half of it). For progress
+    /// notes only, never for anything acknowledged to a client.
+    pub fn write_relaxed<T>(
+        &self,
+        change: impl FnOnce(&mut WriteTxn) -> Result<T, MetadataError>,
+    ) -> Result<T, MetadataError> {
+        self.write_with(redb::Durability::None, change)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        change: impl FnOnce(&mut WriteTxn) -> Result<T, MetadataError>,
+    ) -> Result<T, MetadataError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(MetadataError::storage("begin write"))?;
+        txn.set_durability(durability)
+            .map_err(|error| MetadataError::Storage {
+                operation: "set durability",
+                source: redb::Error::from(redb::StorageError::Backend(Box::new(error))),
+            })?;
+        let mut writer = WriteTxn::new(txn, unix_millis_now());
+        match change(&mut writer) {
+            Ok(value) => {
+                writer
+                    .into_inner()
+                    .commit()
+                    .map_err(MetadataError::storage("commit"))?;
+                Ok(value)
+            }
+            Err(error) => {
+                // Dropping the transaction aborts it; an abort failure changes nothing
+                // on disk, so the original error is the one worth reporting.
+                let _ = writer.into_inner().abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts a new daemon boot: records and returns a fresh boot id. Leases
+    /// carry the boot id that took them, which is how reconciliation recognises
+    /// leases left by an earlier boot.
+    pub fn begin_boot(&self) -> Result<String, MetadataError> {
+        let boot_id = uuid::Uuid::new_v4().to_string();
+        self.write(|txn| txn.write_meta(tables::meta_keys::BOOT_ID, boot_id.as_bytes()))?;
+        Ok(boot_id)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size_bytes(&self) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
+    }
+
+    fn has_any_table(&self) -> Result<bool, MetadataError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(MetadataError::storage("begin read"))?;
+        let mut tables = txn
+            .list_tables()
+            .map_err(MetadataError::storage("list tables"))?;
+        let mut multimaps = txn
+            .list_multimap_tables()
+            .map_err(MetadataError::storage("list tables"))?;
+        Ok(tables.next().is_some() || multimaps.next().is_some())
+    }
+
+    fn metadata_error(&self, error: MetadataError) -> OpenError {
+        OpenError::Metadata {
+            path: self.path.clone(),
+            source: Box::new(error),
+        }
+    }
+}
+
+/// Reads the schema version through a read-only open, so that a file from a
+/// newer schema is refused without a single byte written to it. A file that
+/// cannot be opened read-only (it needs crash repair, or does not exist yet) is
+/// left to the read-write open, which checks the version again.
+fn refuse_newer_schema_without_writing(path: &Path, supported: u64) -> Result<(), OpenError> {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true)
+    {
+        return Ok(());
+    }
+    let Ok(Ok(db)) = catch_unwind(|| redb::ReadOnlyDatabase::open(path)) else {
+        return Ok(());
+    };
+    let found = db
+        .begin_read()
+        .ok()
+        .and_then(|txn| txn.open_table(tables::META).ok())
+        .and_then(|meta| read::fetch_schema_version(&meta).ok().flatten());
+    drop(db);
+    match found {
+        Some(found) if found > supported => Err(OpenError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn database_open_error(path: &Path, error: redb::DatabaseError) -> OpenError {
+    let path = path.to_path_buf();
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            OpenError::AlreadyOpen { path }
+        }
+        redb::DatabaseError::UpgradeRequired(format) => {
+            OpenError::UnsupportedFileFormat { path, format }
+        }
+        // redb reports a file that is not a redb database (wrong magic number) as
+        // invalid data: that is a damaged store, not an I/O failure.
+        redb::DatabaseError::Storage(redb::StorageError::Io(source))
+            if source.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            OpenError::Io { path, source }
+        }
+        other => OpenError::Corrupted {
+            path,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+pub(crate) fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Returns the image id for `name` when `name` is an image id or a unique id
+/// prefix of at least 3 hex digits, as `crictl` users type them.
+pub fn resolve_image_id_prefix(
+    snapshot: &ReadSnapshot,
+    prefix: &str,
+) -> Result<Option<Digest>, MetadataError> {
+    let normalized = if prefix.contains(':') {
+        prefix.to_owned()
+    } else {
+        format!("sha256:{prefix}")
+    };
+    let hex = normalized.split_once(':').map(|(_, hex)| hex).unwrap_or("");
+    if hex.len() < 3 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let matches = snapshot.images_by_id_prefix(&normalized)?;
+    Ok(match matches.as_slice() {
+        [only] => Some(only.id().clone()),
+        _ => None,
+    })
+}
