@@ -86,3 +86,27 @@ fn the_daemon_refuses_a_corrupted_store_with_a_clear_message_and_deletes_nothing
     assert!(log.contains("nothing was deleted"), "{log}");
     assert_eq!(std::fs::read(&database).unwrap(), garbage);
 }
+
+#[test]
+fn the_daemon_keeps_running_and_exits_zero_when_its_log_pipe_closes() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().unwrap();
+    let mut child = start_daemon(root.path());
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first_line = String::new();
+    log.read_line(&mut first_line).unwrap();
+    assert!(first_line.contains("metadata store open"), "{first_line}");
+    drop(log);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "daemon died when its log pipe closed"
+    );
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = wait_for_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+}

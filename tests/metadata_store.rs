@@ -503,6 +503,39 @@ fn eight_writers_hammering_ten_names_leave_both_indexes_in_agreement() {
 }
 
 #[test]
+fn the_cached_listing_follows_every_commit_even_while_listed_concurrently() {
+    let (_dir, store) = open_fresh();
+    let store = Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        thread::spawn(move || {
+            for number in 0..60 {
+                add_image(&store, number, &[&format!("grow:v{number}")]);
+                // Right after a commit returns, the listing includes it.
+                assert_eq!(store.list_images().unwrap().len(), number as usize + 1);
+            }
+        })
+    };
+    let mut last_seen = 0;
+    while !writer.is_finished() {
+        let listed = store.list_images().unwrap().len();
+        assert!(
+            listed >= last_seen,
+            "a listing went back in time: {listed} after {last_seen}"
+        );
+        last_seen = listed;
+    }
+    writer.join().unwrap();
+    let listed = store.list_images().unwrap();
+    assert_eq!(listed.len(), 60);
+    assert_eq!(*listed, store.read().unwrap().list_images().unwrap());
+    store
+        .write(|txn| txn.remove_image(ready_image(5).0.id()))
+        .unwrap();
+    assert_eq!(store.list_images().unwrap().len(), 59);
+}
+
+#[test]
 fn a_database_with_flipped_bytes_is_refused_and_left_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metadata.redb");
@@ -619,6 +652,8 @@ proptest! {
                 prop_assert_eq!(read.image_id_by_name(&name_of(name).to_string()).unwrap(), expected);
             }
             prop_assert_eq!(check_consistency(&read).unwrap(), vec![]);
+            // The cached listing never lags behind a commit that returned.
+            prop_assert_eq!(&*store.list_images().unwrap(), &read.list_images().unwrap());
         }
     }
 }

@@ -23,6 +23,7 @@ mod write;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use consistency_check::{ConsistencyProblem, check_consistency};
@@ -44,6 +45,21 @@ use crate::reference::Digest;
 pub struct MetadataStore {
     db: redb::Database,
     path: PathBuf,
+    image_list: Mutex<ImageListCache>,
+}
+
+/// The last full image listing, kept until a commit changes an image or a name.
+///
+/// Listing decodes every image record (about 2 µs each), while the kubelet
+/// lists far more often than images change. Correctness: a listing is cached
+/// only if no image-changing commit finished while it was computed
+/// (`generation` unchanged), and every such commit clears the cache before
+/// `write` returns, so a client never lists a state older than one it was told
+/// about.
+#[derive(Default)]
+struct ImageListCache {
+    generation: u64,
+    listing: Option<Arc<Vec<NamedImage>>>,
 }
 
 /// What opening found, for the startup summary line.
@@ -94,7 +110,11 @@ impl MetadataStore {
             detail: format!("redb panicked while opening it: {}", panic_message(&panic)),
         })?
         .map_err(|error| database_open_error(&path, error))?;
-        let store = MetadataStore { db, path };
+        let store = MetadataStore {
+            db,
+            path,
+            image_list: Mutex::default(),
+        };
 
         let has_tables = store
             .has_any_table()
@@ -138,6 +158,40 @@ impl MetadataStore {
             }
         }
         Ok((store, report))
+    }
+
+    /// The schema version of the file at `path` (`None` for a file with no
+    /// version yet), without migrating it. The file is opened read-only when it
+    /// was closed cleanly; after a crash redb's own repair runs first, as it would
+    /// on any open. For offline tools and tests.
+    pub fn schema_version_of(path: &Path) -> Result<Option<u64>, OpenError> {
+        let wrap = |error: MetadataError| OpenError::Metadata {
+            path: path.to_path_buf(),
+            source: Box::new(error),
+        };
+        let read_only = catch_unwind(|| redb::ReadOnlyDatabase::open(path)).map_err(|panic| {
+            OpenError::Corrupted {
+                path: path.to_path_buf(),
+                detail: format!("redb panicked while opening it: {}", panic_message(&panic)),
+            }
+        })?;
+        let read_version = |txn: Result<redb::ReadTransaction, redb::TransactionError>| {
+            let txn = txn.map_err(|error| wrap(MetadataError::storage("begin read")(error)))?;
+            match txn.open_table(tables::META) {
+                Ok(meta) => read::fetch_schema_version(&meta).map_err(wrap),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(error) => Err(wrap(MetadataError::storage("open meta table")(error))),
+            }
+        };
+        match read_only {
+            Ok(db) => read_version(db.begin_read()),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db =
+                    redb::Database::open(path).map_err(|error| database_open_error(path, error))?;
+                read_version(db.begin_read())
+            }
+            Err(error) => Err(database_open_error(path, error)),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -189,10 +243,18 @@ impl MetadataStore {
         let mut writer = WriteTxn::new(txn, unix_millis_now());
         match change(&mut writer) {
             Ok(value) => {
-                writer
+                let changed_image_list = writer.changed_image_list();
+                let committed = writer
                     .into_inner()
                     .commit()
-                    .map_err(MetadataError::storage("commit"))?;
+                    .map_err(MetadataError::storage("commit"));
+                if changed_image_list {
+                    // Cleared even when the commit failed: what it did is unknown.
+                    let mut cache = self.lock_image_list();
+                    cache.generation += 1;
+                    cache.listing = None;
+                }
+                committed?;
                 Ok(value)
             }
             Err(error) => {
@@ -202,6 +264,32 @@ impl MetadataStore {
                 Err(error)
             }
         }
+    }
+
+    /// Every image with its names, in id order, whatever its state: the same as
+    /// [`ReadSnapshot::list_images`], served from memory until an image or a
+    /// name changes.
+    pub fn list_images(&self) -> Result<Arc<Vec<NamedImage>>, MetadataError> {
+        let generation = {
+            let cache = self.lock_image_list();
+            if let Some(listing) = &cache.listing {
+                return Ok(listing.clone());
+            }
+            cache.generation
+        };
+        let listing = Arc::new(self.read()?.list_images()?);
+        let mut cache = self.lock_image_list();
+        if cache.generation == generation {
+            cache.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    fn lock_image_list(&self) -> std::sync::MutexGuard<'_, ImageListCache> {
+        // The cache holds no invariant a panic could break halfway: recover it.
+        self.image_list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts a new daemon boot: records and returns a fresh boot id. Leases

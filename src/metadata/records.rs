@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 use crate::metadata::model::{
     Blob, BlobState, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot, SnapshotState,
@@ -34,7 +34,7 @@ pub enum RecordError {
 }
 
 /// A type stored as a table value, with the version its encoding carries.
-pub(crate) trait Record: Serialize + DeserializeOwned {
+pub(crate) trait Record: Serialize {
     const VERSION: u8;
 }
 
@@ -45,7 +45,8 @@ pub(crate) fn encode<R: Record>(record: &R) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn decode<R: Record>(bytes: &[u8]) -> Result<R, RecordError> {
+/// Decodes a record; string fields of hot records borrow from `bytes`.
+pub(crate) fn decode<'a, R: Record + Deserialize<'a>>(bytes: &'a [u8]) -> Result<R, RecordError> {
     let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
     if version != R::VERSION {
         return Err(RecordError::UnknownVersion {
@@ -76,37 +77,41 @@ fn parse_optional_digest(
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DescriptorRecord {
-    pub media_type: String,
-    pub digest: String,
+pub(crate) struct DescriptorRecord<'a> {
+    pub media_type: &'a str,
+    pub digest: &'a str,
     pub size_bytes: u64,
 }
 
-impl DescriptorRecord {
-    fn from_domain(descriptor: &Descriptor) -> Self {
+impl<'a> DescriptorRecord<'a> {
+    fn from_domain(descriptor: &'a Descriptor) -> Self {
         DescriptorRecord {
-            media_type: descriptor.media_type.clone(),
-            digest: descriptor.digest.to_string(),
+            media_type: &descriptor.media_type,
+            digest: descriptor.digest.as_str(),
             size_bytes: descriptor.size_bytes,
         }
     }
 
     fn to_domain(&self, field: &'static str) -> Result<Descriptor, RecordError> {
         Ok(Descriptor::new(
-            self.media_type.clone(),
-            parse_digest(field, &self.digest)?,
+            self.media_type,
+            parse_digest(field, self.digest)?,
             self.size_bytes,
         ))
     }
 }
 
 /// `images` value (key: image id). Version 1, unchanged since schema v1.
+/// Strings borrow from the stored bytes: listing decodes thousands of these.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ImageRecord {
-    pub target: DescriptorRecord,
-    pub manifest: DescriptorRecord,
-    pub config: DescriptorRecord,
-    pub top_chain_id: Option<String>,
+pub(crate) struct ImageRecord<'a> {
+    #[serde(borrow)]
+    pub target: DescriptorRecord<'a>,
+    #[serde(borrow)]
+    pub manifest: DescriptorRecord<'a>,
+    #[serde(borrow)]
+    pub config: DescriptorRecord<'a>,
+    pub top_chain_id: Option<&'a str>,
     pub size_bytes: u64,
     pub state: u8,
     pub pinned: bool,
@@ -116,7 +121,7 @@ pub(crate) struct ImageRecord {
     pub updated_unix_ms: u64,
 }
 
-impl Record for ImageRecord {
+impl Record for ImageRecord<'_> {
     const VERSION: u8 = 1;
 }
 
@@ -140,13 +145,13 @@ fn image_state_from_code(code: u8) -> Result<ImageState, RecordError> {
     }
 }
 
-impl ImageRecord {
-    pub fn from_domain(image: &Image) -> Self {
+impl<'a> ImageRecord<'a> {
+    pub fn from_domain(image: &'a Image) -> Self {
         ImageRecord {
             target: DescriptorRecord::from_domain(&image.target),
             manifest: DescriptorRecord::from_domain(&image.manifest),
             config: DescriptorRecord::from_domain(&image.config),
-            top_chain_id: image.top_chain_id.as_ref().map(Digest::to_string),
+            top_chain_id: image.top_chain_id.as_ref().map(Digest::as_str),
             size_bytes: image.size_bytes,
             state: image_state_code(image.state),
             pinned: image.pinned,
@@ -162,7 +167,10 @@ impl ImageRecord {
             target: self.target.to_domain("image target digest")?,
             manifest: self.manifest.to_domain("image manifest digest")?,
             config: self.config.to_domain("image config digest")?,
-            top_chain_id: parse_optional_digest("image top chain id", &self.top_chain_id)?,
+            top_chain_id: self
+                .top_chain_id
+                .map(|chain_id| parse_digest("image top chain id", chain_id))
+                .transpose()?,
             size_bytes: self.size_bytes,
             state: image_state_from_code(self.state)?,
             pinned: self.pinned,

@@ -27,11 +27,22 @@ type Storage = MetadataError;
 pub struct WriteTxn {
     txn: redb::WriteTransaction,
     now_unix_ms: u64,
+    /// Set by every change to an image record or a name, so the store knows to
+    /// drop its cached image listing after the commit.
+    changed_image_list: bool,
 }
 
 impl WriteTxn {
     pub(crate) fn new(txn: redb::WriteTransaction, now_unix_ms: u64) -> Self {
-        WriteTxn { txn, now_unix_ms }
+        WriteTxn {
+            txn,
+            now_unix_ms,
+            changed_image_list: false,
+        }
+    }
+
+    pub(crate) fn changed_image_list(&self) -> bool {
+        self.changed_image_list
     }
 
     pub(crate) fn into_inner(self) -> redb::WriteTransaction {
@@ -82,6 +93,7 @@ impl WriteTxn {
 
     /// Creates or replaces the image record, keeping the state index in step.
     pub fn put_image(&mut self, image: &Image) -> Result<(), MetadataError> {
+        self.changed_image_list = true;
         let id = image.id().as_str();
         let previous_state = {
             let mut images = self.table(IMAGES)?;
@@ -143,6 +155,7 @@ impl WriteTxn {
         if self.image(id)?.is_none() {
             return Err(MetadataError::ImageNotFound { id: id.clone() });
         }
+        self.changed_image_list = true;
         let record = ReferenceRecord {
             image_id: id.to_string(),
             updated_unix_ms: self.now_unix_ms,
@@ -173,6 +186,7 @@ impl WriteTxn {
 
     /// Removes one name; the image it pointed at stays. Returns that image's id.
     pub fn remove_reference(&mut self, name: &str) -> Result<Option<Digest>, MetadataError> {
+        self.changed_image_list = true;
         let removed = {
             let mut references = self.table(REFERENCES)?;
             let removed = references
@@ -195,6 +209,7 @@ impl WriteTxn {
     /// or `None` when there was no such image (removal is idempotent). Its blobs and
     /// snapshots are left for gc.
     pub fn remove_image(&mut self, id: &Digest) -> Result<Option<Vec<String>>, MetadataError> {
+        self.changed_image_list = true;
         let removed = {
             let mut images = self.table(IMAGES)?;
             let removed = images

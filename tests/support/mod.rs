@@ -8,7 +8,6 @@ use cri_imaged::reference::{Digest, ImageReference};
 
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// A valid sha256 digest that encodes `kind` and `number`, so that the digests
 /// of different test objects never collide.

@@ -144,3 +144,6 @@ fn write_schema_version(txn: &redb::WriteTransaction, version: u64) -> Result<()
         .map_err(MetadataError::storage("write schema version"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
