@@ -13,7 +13,9 @@
 //! no I/O. ARCHITECTURE.md has the map and the invariants.
 
 pub mod config;
+pub mod content_store;
 pub mod daemon;
+pub mod durable_fs;
 pub mod fail_point;
 pub mod metadata;
 pub mod oci;

@@ -5,11 +5,14 @@
 //!   metadata database.
 //! - `migrations`: the golden databases of every released schema open, upgrade
 //!   and read back record by record.
+//! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
+//!   deduplication of downloads.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
 
 mod support;
 
+mod content_store;
 mod daemon;
 mod metadata_store;
 mod migrations;

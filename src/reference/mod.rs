@@ -5,9 +5,11 @@
 //! normalized; code further in never re-checks it.
 
 mod digest;
+mod digest_hasher;
 mod image_reference;
 
 pub use digest::{Digest, DigestAlgorithm, DigestError};
+pub use digest_hasher::DigestHasher;
 pub use image_reference::{AnyReference, ImageReference, ReferenceError};
 
 /// The most characters of caller-supplied text that an error echoes back.
