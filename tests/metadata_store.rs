@@ -159,7 +159,7 @@ fn a_name_cannot_point_at_a_missing_image_or_be_unnormalized() {
         .write(|txn| txn.set_reference(&reference("ghost:v1"), &missing))
         .unwrap_err();
     assert!(
-        matches!(&error, MetadataError::ImageNotFound { id } if **id == missing),
+        matches!(&error, MetadataError::ImageNotFound { id } if *id == missing),
         "{error}"
     );
     assert!(error.to_string().contains(missing.as_str()));

@@ -73,7 +73,7 @@ pub enum MetadataError {
         source: RecordError,
     },
     #[error("image {id} does not exist")]
-    ImageNotFound { id: Box<Digest> },
+    ImageNotFound { id: Digest },
     #[error("lease {id} does not exist")]
     LeaseNotFound { id: String },
     #[error(

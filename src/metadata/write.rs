@@ -130,9 +130,7 @@ impl WriteTxn {
     ) -> Result<Image, MetadataError> {
         let mut image = self
             .image(id)?
-            .ok_or_else(|| MetadataError::ImageNotFound {
-                id: Box::new(id.clone()),
-            })?;
+            .ok_or_else(|| MetadataError::ImageNotFound { id: id.clone() })?;
         image.state = state;
         image.updated_unix_ms = self.now_unix_ms;
         self.put_image(&image)?;
@@ -155,9 +153,7 @@ impl WriteTxn {
             return Err(MetadataError::NotNormalized { name });
         }
         if self.image(id)?.is_none() {
-            return Err(MetadataError::ImageNotFound {
-                id: Box::new(id.clone()),
-            });
+            return Err(MetadataError::ImageNotFound { id: id.clone() });
         }
         self.changed_image_list = true;
         let record = ReferenceRecord {

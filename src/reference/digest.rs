@@ -26,39 +26,8 @@ pub struct Digest {
     // `text` comes first so that the derived ordering is the ordering of the
     // printed form. `algorithm` is redundant with the prefix of `text`; it is
     // kept so that `algorithm()` and `hex()` need no re-parsing.
-    text: DigestText,
+    text: String,
     algorithm: DigestAlgorithm,
-}
-
-/// The printed digest, stored inline: digests are built by the hundred
-/// thousand when the store is listed, and keeping them off the heap removes an
-/// allocation and a free for each one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct DigestText {
-    // Unused bytes are zero, which sorts before every character of a digest, so
-    // comparing the whole arrays orders digests as their strings order.
-    bytes: [u8; DIGEST_TEXT_MAX_BYTES],
-    length: u8,
-}
-
-/// "sha512:" and 128 hex digits, the longest digest this type holds.
-const DIGEST_TEXT_MAX_BYTES: usize = 7 + 128;
-
-impl DigestText {
-    /// `text` must be a validated digest: ASCII and at most the maximum length.
-    fn new(text: &str) -> DigestText {
-        let mut bytes = [0; DIGEST_TEXT_MAX_BYTES];
-        bytes[..text.len()].copy_from_slice(text.as_bytes());
-        DigestText {
-            bytes,
-            length: u8::try_from(text.len()).expect("validated digests are at most 135 bytes"),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ever filled from validated ASCII digests, so this cannot fail.
-        std::str::from_utf8(&self.bytes[..usize::from(self.length)]).expect("digest text is ASCII")
-    }
 }
 
 /// Why a string is not a valid [`Digest`]. Every variant carries the offending
@@ -164,7 +133,7 @@ impl Digest {
             });
         }
         Ok(Digest {
-            text: DigestText::new(input),
+            text: input.to_owned(),
             algorithm,
         })
     }
@@ -186,12 +155,12 @@ impl Digest {
     /// The encoded part after the `:`, in lowercase hex.
     pub fn hex(&self) -> &str {
         // The algorithm name is ASCII and is followed by exactly one ':'.
-        &self.text.as_str()[self.algorithm.name().len() + 1..]
+        &self.text[self.algorithm.name().len() + 1..]
     }
 
     /// The whole digest, `"<algorithm>:<hex>"`.
     pub fn as_str(&self) -> &str {
-        self.text.as_str()
+        &self.text
     }
 
     fn from_hash_output(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
@@ -203,22 +172,19 @@ impl Digest {
             text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
             text.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
         }
-        Digest {
-            text: DigestText::new(&text),
-            algorithm,
-        }
+        Digest { text, algorithm }
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text.as_str())
+        f.write_str(&self.text)
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Digest").field(&self.text.as_str()).finish()
+        f.debug_tuple("Digest").field(&self.text).finish()
     }
 }
 
@@ -232,7 +198,7 @@ impl FromStr for Digest {
 
 impl AsRef<str> for Digest {
     fn as_ref(&self) -> &str {
-        self.text.as_str()
+        &self.text
     }
 }
 
