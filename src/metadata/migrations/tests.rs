@@ -29,6 +29,16 @@ const STEPS_TO_V3: &[MigrationStep] = &[
     },
 ];
 
+/// Fail points are process-global: every test here that runs migration steps
+/// takes a turn, so a fail point set by one never fires in another.
+static MIGRATIONS_RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    MIGRATIONS_RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn copy_golden_v1(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("metadata.redb");
     std::fs::copy(
@@ -68,6 +78,7 @@ fn a_file_from_a_newer_schema_is_refused_without_a_byte_written() {
 
 #[test]
 fn a_missing_step_is_an_error_naming_the_versions() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let path = copy_golden_v1(dir.path());
     let error = MetadataStore::open_with_steps(&path, &STEPS_TO_V3[1..], 3)
@@ -81,6 +92,7 @@ fn a_missing_step_is_an_error_naming_the_versions() {
 
 #[test]
 fn all_steps_run_in_order_to_the_target() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let path = copy_golden_v1(dir.path());
     let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).unwrap();
@@ -92,10 +104,6 @@ fn all_steps_run_in_order_to_the_target() {
 #[cfg(feature = "failpoints")]
 mod crashes {
     use super::*;
-    use std::sync::Mutex;
-
-    /// Fail points are process-global: tests that configure them take turns.
-    static FAIL_POINTS: Mutex<()> = Mutex::new(());
 
     #[test]
     fn a_crash_between_two_steps_leaves_a_file_that_finishes_migrating() {
