@@ -107,9 +107,7 @@ mod crashes {
 
     #[test]
     fn a_crash_between_two_steps_leaves_a_file_that_finishes_migrating() {
-        let _turn = FAIL_POINTS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _turn = take_turn();
         let dir = tempfile::tempdir().unwrap();
         let path = copy_golden_v1(dir.path());
         fail::cfg("metadata::migration::after_step", "1*return->off").unwrap();
@@ -129,9 +127,7 @@ mod crashes {
 
     #[test]
     fn a_crash_inside_a_step_leaves_the_previous_version_whole() {
-        let _turn = FAIL_POINTS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _turn = take_turn();
         let dir = tempfile::tempdir().unwrap();
         let path = copy_golden_v1(dir.path());
         // Let the first step commit, fail the second before its commit.
