@@ -17,6 +17,8 @@ pub mod content_store;
 pub mod daemon;
 pub mod durable_fs;
 pub mod fail_point;
+pub mod image_service;
 pub mod metadata;
 pub mod oci;
 pub mod reference;
+pub mod registry;

@@ -2,6 +2,9 @@
 //! platforms as the registry client grows. Like `reference`, this module does no
 //! I/O, and its types can only hold validated values.
 
+pub mod manifest;
+pub mod platform;
+
 use crate::reference::Digest;
 
 /// A pointer to content: what it is, its digest, and its exact size.

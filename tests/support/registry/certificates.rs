@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
 };
 use tempfile::TempDir;
 
@@ -65,7 +65,10 @@ impl TestCertificates {
             client_key_pem: client_key.serialize_pem(),
         };
         for (path, contents) in [
-            (certificates.ca_certificate_path(), &certificates.ca_certificate_pem),
+            (
+                certificates.ca_certificate_path(),
+                &certificates.ca_certificate_pem,
+            ),
             (
                 certificates.server_certificate_path(),
                 &certificates.server_certificate_pem,
@@ -132,9 +135,8 @@ impl TestCertificates {
     pub fn ureq_tls_config(&self, present_client_certificate: bool) -> ureq::tls::TlsConfig {
         let ca_certificate = ureq::tls::Certificate::from_pem(self.ca_certificate_pem.as_bytes())
             .expect("parse the test CA certificate");
-        let mut builder = ureq::tls::TlsConfig::builder().root_certs(
-            ureq::tls::RootCerts::new_with_certs(&[ca_certificate]),
-        );
+        let mut builder = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca_certificate]));
         if present_client_certificate {
             let client_certificate =
                 ureq::tls::Certificate::from_pem(self.client_certificate_pem.as_bytes())
@@ -173,7 +175,7 @@ pub(super) fn leaf_params(
     subject_alt_names: &[&str],
     extended_key_usage: ExtendedKeyUsagePurpose,
 ) -> CertificateParams {
-    let names: Vec<String> = subject_alt_names.iter().map(|name| name.to_string()).collect();
+    let names: Vec<String> = subject_alt_names.iter().map(ToString::to_string).collect();
     let mut params = CertificateParams::new(names).expect("valid subject alternative names");
     params.distinguished_name = distinguished_name(common_name);
     params.is_ca = IsCa::ExplicitNoCa;

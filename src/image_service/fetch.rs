@@ -1,0 +1,335 @@
+//! The content half of a pull: resolve the reference, choose the platform's
+//! manifest out of an index, and bring every blob (index, manifest, config,
+//! layers) into the content store under the pull's lease, verified.
+//!
+//! Layers download concurrently, up to `layer_downloads_max` at once; a layer
+//! whose stream fails transiently is resumed from the bytes already stored (a
+//! `Range` request) up to `layer_resumes_max` times.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::content_store::{
+    BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
+};
+use crate::oci::Descriptor;
+use crate::oci::manifest::{
+    ImageConfig, ImageManifest, Manifest, ManifestError, ManifestLimits, decode_config,
+    decode_manifest,
+};
+use crate::oci::platform::{Platform, PlatformMatcher};
+use crate::reference::{Digest, ImageReference};
+use crate::registry::{RegistryError, RepositorySession};
+
+/// Limits of the content fetch, with units in their names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchLimits {
+    pub manifest: ManifestLimits,
+    pub config_bytes_max: u64,
+    pub layer_downloads_max: usize,
+    pub layer_resumes_max: u32,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            manifest: ManifestLimits::default(),
+            config_bytes_max: 8 * 1024 * 1024,
+            layer_downloads_max: 3,
+            layer_resumes_max: 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error("image {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("image {reference} has no manifest for platform {wanted} (it offers: {available})")]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("image {reference}: index entry {digest} is not an image manifest")]
+    NestedIndex { reference: String, digest: Digest },
+    #[error(
+        "image {reference}: its config lists {diff_ids} layer diff ids but its manifest has {layers} layers"
+    )]
+    LayerCountMismatch {
+        reference: String,
+        diff_ids: usize,
+        layers: usize,
+    },
+}
+
+/// Everything a pull fetched, all of it stored and leased.
+#[derive(Clone, Debug)]
+pub struct FetchedImage {
+    /// What the reference resolved to (an index or a manifest).
+    pub target: Descriptor,
+    pub manifest: Descriptor,
+    pub image_manifest: ImageManifest,
+    pub config: ImageConfig,
+    pub layers: Vec<IngestOutcome>,
+}
+
+impl FetchedImage {
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.layers.iter().map(|layer| layer.downloaded_bytes).sum()
+    }
+}
+
+/// A blob's bytes from the registry, resumable at an offset.
+pub struct RegistryBlobSource<'a> {
+    session: &'a RepositorySession,
+    descriptor: Descriptor,
+}
+
+impl BlobSource for RegistryBlobSource<'_> {
+    type Error = RegistryError;
+
+    async fn open(
+        &mut self,
+        offset_bytes: u64,
+    ) -> Result<OpenedBlob<RegistryError>, RegistryError> {
+        let blob = self
+            .session
+            .open_blob(&self.descriptor, offset_bytes)
+            .await?;
+        Ok(OpenedBlob {
+            offset_bytes: blob.offset_bytes,
+            stream: blob.stream,
+        })
+    }
+}
+
+/// Bytes already in memory (a manifest or config fetched and verified whole).
+struct InMemorySource(Bytes);
+
+impl BlobSource for InMemorySource {
+    type Error = Infallible;
+
+    async fn open(&mut self, _offset_bytes: u64) -> Result<OpenedBlob<Infallible>, Infallible> {
+        let bytes = self.0.clone();
+        Ok(OpenedBlob {
+            offset_bytes: 0,
+            stream: futures_util::stream::once(async move { Ok(bytes) }).boxed(),
+        })
+    }
+}
+
+/// Fetches everything `reference` needs for `platform` into `store`, under `lease_id`.
+pub async fn fetch_image(
+    session: &RepositorySession,
+    store: &ContentStore,
+    reference: &ImageReference,
+    platform: &Platform,
+    lease_id: &str,
+    limits: &FetchLimits,
+) -> Result<FetchedImage, FetchError> {
+    let reference_text = reference.to_string();
+    let manifest_error = |source| FetchError::Manifest {
+        reference: reference_text.clone(),
+        source,
+    };
+    let resolved = session.resolve(reference).await?;
+    let target = resolved.descriptor.clone();
+    let decoded = decode_manifest(
+        &resolved.bytes,
+        content_type(&resolved.descriptor),
+        &limits.manifest,
+    )
+    .map_err(manifest_error)?;
+
+    let (manifest_descriptor, image_manifest) = match decoded {
+        Manifest::Image(image_manifest) => (resolved.descriptor.clone(), image_manifest),
+        Manifest::Index(index) => {
+            let matcher = PlatformMatcher::new(platform);
+            let chosen = index
+                .manifests
+                .iter()
+                .filter_map(|entry| {
+                    let rank = matcher.rank(entry.platform.as_ref()?)?;
+                    Some((rank, entry))
+                })
+                .min_by_key(|(rank, _)| *rank)
+                .map(|(_, entry)| entry.clone())
+                .ok_or_else(|| FetchError::NoMatchingPlatform {
+                    reference: reference_text.clone(),
+                    wanted: platform.to_string(),
+                    available: index
+                        .manifests
+                        .iter()
+                        .filter_map(|entry| entry.platform.as_ref().map(ToString::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let children: Vec<Digest> = index
+                .manifests
+                .iter()
+                .map(|entry| entry.descriptor.digest.clone())
+                .collect();
+            store_bytes(
+                store,
+                &resolved.descriptor,
+                &children,
+                resolved.bytes.clone(),
+                lease_id,
+            )
+            .await?;
+            let fetched = session.fetch_manifest(&chosen.descriptor).await?;
+            let media_type = if fetched.descriptor.media_type.is_empty() {
+                chosen.descriptor.media_type.clone()
+            } else {
+                fetched.descriptor.media_type.clone()
+            };
+            let manifest = decode_manifest(&fetched.bytes, Some(&media_type), &limits.manifest)
+                .map_err(manifest_error)?;
+            let Manifest::Image(image_manifest) = manifest else {
+                return Err(FetchError::NestedIndex {
+                    reference: reference_text.clone(),
+                    digest: chosen.descriptor.digest.clone(),
+                });
+            };
+            let mut descriptor = chosen.descriptor.clone();
+            descriptor.size_bytes = fetched.bytes.len() as u64;
+            store_manifest(store, &descriptor, &image_manifest, fetched.bytes, lease_id).await?;
+            (descriptor, image_manifest)
+        }
+    };
+    if manifest_descriptor == resolved.descriptor {
+        store_manifest(
+            store,
+            &manifest_descriptor,
+            &image_manifest,
+            resolved.bytes,
+            lease_id,
+        )
+        .await?;
+    }
+
+    let config_bytes = match store.present_blob(&image_manifest.config.digest)? {
+        Some(_) => store.read_verified(&image_manifest.config.digest, limits.config_bytes_max)?,
+        None => {
+            let bytes = session
+                .fetch_blob_bytes(&image_manifest.config, limits.config_bytes_max)
+                .await?;
+            store_bytes(store, &image_manifest.config, &[], bytes.clone(), lease_id).await?;
+            bytes
+        }
+    };
+    let config = decode_config(&config_bytes, &limits.manifest).map_err(manifest_error)?;
+    if config.diff_ids.len() != image_manifest.layers.len() {
+        return Err(FetchError::LayerCountMismatch {
+            reference: reference_text,
+            diff_ids: config.diff_ids.len(),
+            layers: image_manifest.layers.len(),
+        });
+    }
+
+    let downloads = image_manifest
+        .layers
+        .iter()
+        .map(|layer| fetch_layer(session, store, layer, lease_id, limits.layer_resumes_max));
+    let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads.enumerate())
+        .map(|(index, download)| async move { download.await.map(|outcome| (index, outcome)) })
+        .buffer_unordered(limits.layer_downloads_max.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, FetchError>>()?;
+    layers.sort_by_key(|(index, _)| *index);
+    Ok(FetchedImage {
+        target,
+        manifest: manifest_descriptor,
+        image_manifest,
+        config,
+        layers: layers.into_iter().map(|(_, outcome)| outcome).collect(),
+    })
+}
+
+/// One layer, resumed after transient stream failures.
+async fn fetch_layer(
+    session: &RepositorySession,
+    store: &ContentStore,
+    layer: &Descriptor,
+    lease_id: &str,
+    resumes_max: u32,
+) -> Result<IngestOutcome, FetchError> {
+    let mut resumes = 0;
+    loop {
+        let mut source = RegistryBlobSource {
+            session,
+            descriptor: layer.clone(),
+        };
+        let request = IngestRequest {
+            expected: layer,
+            children: &[],
+            lease_id,
+        };
+        match store.ingest(request, &mut source).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(IngestError::Source(error)) if error.is_transient() && resumes < resumes_max => {
+                resumes += 1;
+                tracing::info!(
+                    digest = %layer.digest,
+                    attempt = resumes,
+                    error = %error,
+                    "layer download interrupted, resuming"
+                );
+            }
+            Err(IngestError::Source(error)) => return Err(FetchError::Registry(error)),
+            Err(IngestError::Content(error)) => return Err(FetchError::Content(error)),
+        }
+    }
+}
+
+async fn store_manifest(
+    store: &ContentStore,
+    descriptor: &Descriptor,
+    manifest: &ImageManifest,
+    bytes: Vec<u8>,
+    lease_id: &str,
+) -> Result<(), FetchError> {
+    let children: Vec<Digest> = std::iter::once(manifest.config.digest.clone())
+        .chain(manifest.layers.iter().map(|layer| layer.digest.clone()))
+        .collect();
+    store_bytes(store, descriptor, &children, bytes, lease_id).await
+}
+
+/// Stores verified in-memory bytes as a blob (re-verified by the ingest).
+async fn store_bytes(
+    store: &ContentStore,
+    descriptor: &Descriptor,
+    children: &[Digest],
+    bytes: Vec<u8>,
+    lease_id: &str,
+) -> Result<(), FetchError> {
+    let mut source = InMemorySource(Bytes::from(bytes));
+    let request = IngestRequest {
+        expected: descriptor,
+        children,
+        lease_id,
+    };
+    match store.ingest(request, &mut source).await {
+        Ok(_) => Ok(()),
+        Err(IngestError::Content(error)) => Err(FetchError::Content(error)),
+        Err(IngestError::Source(never)) => match never {},
+    }
+}
+
+fn content_type(descriptor: &Descriptor) -> Option<&str> {
+    Some(descriptor.media_type.as_str()).filter(|media_type| !media_type.is_empty())
+}
