@@ -3,6 +3,8 @@
 //!
 //! - `metadata_store`: transactions, indexes, concurrency and integrity of the
 //!   metadata database.
+//! - `registry_pull`: pulls from the real Debian registry into the content
+//!   store, with every auth form, TLS through certs.d, mirrors and bad blobs.
 //! - `migrations`: the golden databases of every released schema open, upgrade
 //!   and read back record by record.
 //! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
@@ -16,3 +18,4 @@ mod content_store;
 mod daemon;
 mod metadata_store;
 mod migrations;
+mod registry_pull;

@@ -101,17 +101,31 @@ pub(crate) fn basic_header(username: &str, password: &Secret) -> String {
     format!("Basic {encoded}")
 }
 
+/// Who is asking, for what, when a registry challenges a request.
+pub(crate) struct ChallengeContext<'a> {
+    pub http: &'a reqwest::Client,
+    pub tokens: &'a TokenCache,
+    pub registry_host: &'a str,
+    pub repository: &'a str,
+    pub scope: &'a str,
+    pub credentials: &'a Credentials,
+    pub token_response_bytes_max: u64,
+}
+
 /// Answers a 401 challenge: returns the `Authorization` header to retry with.
 pub(crate) async fn answer_challenge(
-    http: &reqwest::Client,
-    tokens: &TokenCache,
-    registry_host: &str,
+    context: &ChallengeContext<'_>,
     challenge_header: Option<&str>,
-    scope: &str,
-    credentials: &Credentials,
-    repository: &str,
-    token_response_bytes_max: u64,
 ) -> Result<String, RegistryError> {
+    let ChallengeContext {
+        http,
+        tokens,
+        registry_host,
+        repository,
+        scope,
+        credentials,
+        token_response_bytes_max,
+    } = *context;
     let unauthorized = |detail: &str| RegistryError::Unauthorized {
         registry: registry_host.to_owned(),
         repository: repository.to_owned(),

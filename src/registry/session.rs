@@ -422,17 +422,16 @@ impl RepositorySession {
                             .get(reqwest::header::WWW_AUTHENTICATE)
                             .and_then(|value| value.to_str().ok())
                             .map(str::to_owned);
-                        let header = auth::answer_challenge(
-                            &http,
-                            &self.client.tokens,
-                            &registry,
-                            challenge.as_deref(),
-                            &scope,
+                        let context = auth::ChallengeContext {
+                            http: &http,
+                            tokens: &self.client.tokens,
+                            registry_host: &registry,
+                            repository: &self.repository,
+                            scope: &scope,
                             credentials,
-                            &self.repository,
-                            config.token_response_bytes_max,
-                        )
-                        .await?;
+                            token_response_bytes_max: config.token_response_bytes_max,
+                        };
+                        let header = auth::answer_challenge(&context, challenge.as_deref()).await?;
                         self.lock_authorization()[index] = Some(header.clone());
                         authorization = Some(header);
                         continue;
