@@ -12,6 +12,7 @@
 //! `reference` and `oci` are value types that every layer shares and that do
 //! no I/O. ARCHITECTURE.md has the map and the invariants.
 
+pub mod api;
 pub mod config;
 pub mod content_store;
 pub mod daemon;

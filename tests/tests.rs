@@ -5,6 +5,8 @@
 //!   metadata database.
 //! - `registry_pull`: pulls from the real Debian registry into the content
 //!   store, with every auth form, TLS through certs.d, mirrors and bad blobs.
+//! - `proto_wire`: our proto against an independent transcription of the
+//!   CRI fact sheet (field numbers, types, options, services).
 //! - `migrations`: the golden databases of every released schema open, upgrade
 //!   and read back record by record.
 //! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
@@ -18,4 +20,5 @@ mod content_store;
 mod daemon;
 mod metadata_store;
 mod migrations;
+mod proto_wire;
 mod registry_pull;

@@ -26,8 +26,8 @@ use crate::registry::{RegistryError, RepositorySession};
 /// Limits of the content fetch, with units in their names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchLimits {
+    /// Manifest, index and config limits (config bytes included).
     pub manifest: ManifestLimits,
-    pub config_bytes_max: u64,
     pub layer_downloads_max: usize,
     pub layer_resumes_max: u32,
 }
@@ -36,7 +36,6 @@ impl Default for FetchLimits {
     fn default() -> Self {
         FetchLimits {
             manifest: ManifestLimits::default(),
-            config_bytes_max: 8 * 1024 * 1024,
             layer_downloads_max: 3,
             layer_resumes_max: 5,
         }
@@ -156,16 +155,13 @@ pub async fn fetch_image(
     let (manifest_descriptor, image_manifest) = match decoded {
         Manifest::Image(image_manifest) => (resolved.descriptor.clone(), image_manifest),
         Manifest::Index(index) => {
+            // containerd's order: best platform rank, then more os.features,
+            // then index order; entries without a platform come last.
             let matcher = PlatformMatcher::new(platform);
-            let chosen = index
-                .manifests
-                .iter()
-                .filter_map(|entry| {
-                    let rank = matcher.rank(entry.platform.as_ref()?)?;
-                    Some((rank, entry))
-                })
-                .min_by_key(|(rank, _)| *rank)
-                .map(|(_, entry)| entry.clone())
+            let chosen = matcher
+                .order_candidates(index.platforms())
+                .first()
+                .map(|position| index.manifests[*position].clone())
                 .ok_or_else(|| FetchError::NoMatchingPlatform {
                     reference: reference_text.clone(),
                     wanted: platform.to_string(),
@@ -221,10 +217,13 @@ pub async fn fetch_image(
     }
 
     let config_bytes = match store.present_blob(&image_manifest.config.digest)? {
-        Some(_) => store.read_verified(&image_manifest.config.digest, limits.config_bytes_max)?,
+        Some(_) => store.read_verified(
+            &image_manifest.config.digest,
+            limits.manifest.config_bytes_max,
+        )?,
         None => {
             let bytes = session
-                .fetch_blob_bytes(&image_manifest.config, limits.config_bytes_max)
+                .fetch_blob_bytes(&image_manifest.config, limits.manifest.config_bytes_max)
                 .await?;
             store_bytes(store, &image_manifest.config, &[], bytes.clone(), lease_id).await?;
             bytes

@@ -11,6 +11,7 @@
 //! This module does no I/O and never checks digests of the bytes themselves:
 //! the caller verifies the manifest bytes against the digest it asked for.
 
+use crate::reference::bounded_echo;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -264,9 +265,6 @@ pub enum ManifestError {
 /// Some registries and static file servers send them; the body decides then.
 const GENERIC_CONTENT_TYPES: [&str; 3] =
     ["application/json", "application/octet-stream", "text/plain"];
-
-/// The most characters of registry-supplied text that an error echoes back.
-const ECHO_CHARS_MAX: usize = 100;
 
 impl Default for ManifestLimits {
     fn default() -> Self {
@@ -948,16 +946,6 @@ fn is_schema1_media_type(media_type: &str) -> bool {
 
 fn length_u64(bytes: &[u8]) -> u64 {
     u64::try_from(bytes.len()).unwrap_or(u64::MAX)
-}
-
-/// Copies `text` for use inside an error, cut to [`ECHO_CHARS_MAX`] characters
-/// plus "…", so that a hostile registry cannot turn an error into a huge log
-/// line.
-fn bounded_echo(text: &str) -> String {
-    match text.char_indices().nth(ECHO_CHARS_MAX) {
-        Some((cut_byte_index, _)) => format!("{}…", &text[..cut_byte_index]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

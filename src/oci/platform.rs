@@ -12,6 +12,7 @@
 //! `os.features` subset rule of containerd/platforms#20). Where it differs
 //! from that code, the difference is written down at the item it concerns.
 
+use crate::reference::bounded_echo;
 use std::cmp::Reverse;
 use std::fmt;
 
@@ -185,9 +186,6 @@ const ARM64_VARIANT_VERSIONS: &[(&str, &[(u8, u8)])] = &[
     ("v9.6", &[(9, 6), (8, 9)]),
     ("v9.7", &[(9, 7), (8, 9)]),
 ];
-
-/// The most characters of a specifier that an error echoes back.
-const ECHO_CHARS_MAX: usize = 100;
 
 impl Platform {
     /// A platform with only an OS and an architecture.
@@ -679,15 +677,6 @@ fn go_architecture(rust_architecture: &str, little_endian: bool) -> (String, Opt
         (other, _) => return (other.to_owned(), None),
     };
     (architecture.to_owned(), variant)
-}
-
-/// Copies `text` for use inside an error, cut to [`ECHO_CHARS_MAX`] characters
-/// plus "…", so that hostile input cannot turn into a huge log line.
-fn bounded_echo(text: &str) -> String {
-    match text.char_indices().nth(ECHO_CHARS_MAX) {
-        Some((cut_byte_index, _)) => format!("{}…", &text[..cut_byte_index]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ const ECHO_CHARS_MAX: usize = 100;
 /// Copies `text` for use inside an error, cut to [`ECHO_CHARS_MAX`] characters
 /// plus "…". The input comes from clients, and a megabyte-long reference must
 /// not turn into a megabyte-long log line.
-fn bounded_echo(text: &str) -> String {
+pub(crate) fn bounded_echo(text: &str) -> String {
     match text.char_indices().nth(ECHO_CHARS_MAX) {
         Some((cut_byte_index, _)) => {
             let mut echo = String::with_capacity(cut_byte_index + '…'.len_utf8());

@@ -10,6 +10,7 @@
 //! header with an error that says where, because a half-read challenge could
 //! send credentials to the wrong realm.
 
+use crate::reference::bounded_echo;
 use std::collections::BTreeMap;
 
 /// One challenge of a `WWW-Authenticate` header. Scheme and parameter names
@@ -69,9 +70,6 @@ pub enum ChallengeError {
 /// The longest header this parser reads. Real challenges are a few hundred
 /// bytes; a registry sending more is broken or hostile.
 pub const HEADER_BYTES_MAX: usize = 16 * 1024;
-
-/// The most characters of header text that an error echoes back.
-const ECHO_CHARS_MAX: usize = 200;
 
 /// Parses one `WWW-Authenticate` header value into its challenges, in order.
 ///
@@ -330,8 +328,13 @@ impl<'a> Parser<'a> {
         while self.peek().is_some_and(is_token_byte) {
             self.position += 1;
         }
-        // Token bytes are ASCII, so both ends are character boundaries.
-        (self.position > start).then(|| &self.header[start..self.position])
+        // Token bytes are ASCII, so both ends are character boundaries; `get`
+        // keeps that an assumption rather than a possible panic.
+        if self.position > start {
+            self.header.get(start..self.position)
+        } else {
+            None
+        }
     }
 
     /// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -346,7 +349,7 @@ impl<'a> Parser<'a> {
         while self.peek() == Some(b'=') {
             self.position += 1;
         }
-        Some(&self.header[start..self.position])
+        self.header.get(start..self.position)
     }
 
     /// Skips OWS (spaces and tabs) and returns how many bytes it skipped.
@@ -439,16 +442,6 @@ fn is_quoted_text_byte(byte: u8) -> bool {
     byte == b'\t'
         || ((b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\')
         || byte >= 0x80
-}
-
-/// Copies `text` for use inside an error, cut to [`ECHO_CHARS_MAX`] characters
-/// plus "…", so that a hostile registry cannot turn an error into a huge log
-/// line.
-fn bounded_echo(text: &str) -> String {
-    match text.char_indices().nth(ECHO_CHARS_MAX) {
-        Some((cut_byte_index, _)) => format!("{}…", &text[..cut_byte_index]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]
