@@ -1,14 +1,23 @@
 //! Startup and shutdown order of the daemon.
 //!
 //! Start: create the root, open and migrate the metadata store (refusing a
-//! corrupted or newer-schema file), record a new boot, then serve until told to
-//! stop. Later issues slot reconciliation, background gc and the CRI socket into
-//! this order, before the socket opens; shutdown runs it in reverse.
+//! corrupted or newer-schema file), record a new boot, open the content and
+//! snapshot stores, build the image service, bind the socket (replacing a
+//! stale one only if nothing answers on it), then serve. Reconciliation and
+//! background gc slot in before the socket opens as they land. Shutdown runs
+//! in reverse: stop accepting, let calls in flight finish, close the stores.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use crate::api;
 use crate::config::Config;
+use crate::content_store::{ContentError, ContentLimits, ContentStore};
+use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
+use crate::registry::hosts::HostsDirectory;
+use crate::registry::{RegistryClient, RegistryConfig};
+use crate::snapshot_store::{SnapshotError, SnapshotStore};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -23,16 +32,24 @@ pub enum DaemonError {
     OpenMetadata(#[from] OpenError),
     #[error("cannot record the daemon boot: {0}")]
     BeginBoot(#[source] MetadataError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Snapshots(#[from] SnapshotError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
 }
 
-/// A started daemon: its store is open and its boot recorded.
+/// A started daemon: stores open, boot recorded, socket bound.
 pub struct Daemon {
     pub config: Config,
-    pub metadata: MetadataStore,
     pub boot_id: String,
+    service: Arc<ImageService>,
+    listener: tokio::net::UnixListener,
 }
 
 impl Daemon {
+    /// Must run inside a tokio runtime (the socket is registered with it).
     pub fn start(config: Config) -> Result<Daemon, DaemonError> {
         std::fs::create_dir_all(&config.root).map_err(|source| DaemonError::CreateRoot {
             path: config.root.clone(),
@@ -40,6 +57,7 @@ impl Daemon {
         })?;
         let started = std::time::Instant::now();
         let (metadata, report) = MetadataStore::open(&config.metadata_path())?;
+        let metadata = Arc::new(metadata);
         let boot_id = metadata.begin_boot().map_err(DaemonError::BeginBoot)?;
         tracing::info!(
             root = %config.root.display(),
@@ -51,17 +69,48 @@ impl Daemon {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "metadata store open"
         );
+        let content = Arc::new(ContentStore::open(
+            config.content_directory(),
+            metadata.clone(),
+            ContentLimits::default(),
+        )?);
+        let snapshots = Arc::new(SnapshotStore::open(
+            config.snapshots_directory(),
+            metadata.clone(),
+        )?);
+        let registry = RegistryClient::new(
+            RegistryConfig::default(),
+            Box::new(HostsDirectory::new(config.hosts_directory.clone())),
+        );
+        let service = Arc::new(ImageService::new(ImageServiceParts {
+            metadata,
+            content,
+            snapshots,
+            registry,
+            pinned: PinnedImages::default(),
+            settings: PullSettings::default(),
+            boot_id: boot_id.clone(),
+        }));
+        let listener = api::bind_socket(&config.socket)?;
+        tracing::info!(socket = %config.socket.display(), "listening");
         Ok(Daemon {
             config,
-            metadata,
             boot_id,
+            service,
+            listener,
         })
     }
 
-    /// Serves until `shutdown` completes, then closes the store.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        shutdown.await;
+    /// Serves until `shutdown` completes, then lets calls in flight finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let socket = self.config.socket.clone();
+        let served = api::serve(self.listener, self.service, shutdown).await;
         tracing::info!(boot_id = %self.boot_id, "shutting down");
-        drop(self.metadata);
+        if let Err(error) = std::fs::remove_file(&socket)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(socket = %socket.display(), %error, "cannot remove the socket");
+        }
+        Ok(served?)
     }
 }

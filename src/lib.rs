@@ -23,3 +23,5 @@ pub mod metadata;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod snapshot_store;
+pub mod unpack;

@@ -31,6 +31,12 @@ enum Command {
         /// State directory (default: /var/lib/cri-imaged as root, a per-user directory otherwise).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// The unix socket to serve on (default: /run/cri-imaged/cri-imaged.sock as root).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// containerd-compatible certs.d directory (default: /etc/cri-imaged/certs.d as root).
+        #[arg(long = "hosts-dir")]
+        hosts_directory: Option<PathBuf>,
     },
 }
 
@@ -39,7 +45,15 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     cri_imaged::fail_point::configure_from_environment();
     match cli.command {
-        Command::Serve { root } => serve(RawConfig { root }),
+        Command::Serve {
+            root,
+            socket,
+            hosts_directory,
+        } => serve(RawConfig {
+            root,
+            socket,
+            hosts_directory,
+        }),
     }
 }
 
@@ -49,9 +63,11 @@ fn serve(raw: RawConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let daemon = Daemon::start(config)?;
-    runtime.block_on(daemon.run(shutdown_signal()));
-    Ok(())
+    runtime.block_on(async {
+        let daemon = Daemon::start(config)?;
+        daemon.run(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

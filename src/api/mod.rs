@@ -1,5 +1,77 @@
-//! The gRPC edge: the only module that knows tonic and prost. It translates
-//! CRI requests into `image_service` calls and their results back, and maps
-//! errors to gRPC status codes in one place.
+//! The gRPC edge: the only module that knows tonic and prost. It serves
+//! `runtime.v1.ImageService` and `runtime.v1.RuntimeService` (Version and
+//! Status) on a unix socket, translates requests into `image_service` calls and
+//! the answers back, and maps errors to status codes in one place (`status`).
 
+mod convert;
+mod image_service;
 pub mod proto;
+mod runtime_service;
+mod status;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::image_service::ImageService;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("another process is serving on socket {path}; refusing to replace it")]
+    SocketInUse { path: PathBuf },
+    #[error("cannot prepare socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("grpc server failed: {0}")]
+    Serve(String),
+}
+
+/// Binds the socket at `path` (mode 0660), replacing a stale socket left by a
+/// crash only after checking that nothing answers on it.
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ApiError> {
+    let socket_error = |source| ApiError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(socket_error)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::SocketInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(socket_error)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(socket_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(socket_error)?;
+    Ok(listener)
+}
+
+/// Serves the CRI services on `listener` until `shutdown` completes; then stops
+/// accepting and waits for the calls in flight.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    service: Arc<ImageService>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiError> {
+    let images = proto::runtime::v1::image_service_server::ImageServiceServer::new(
+        image_service::CriImageService::new(service),
+    )
+    .max_decoding_message_size(16 * 1024 * 1024)
+    .max_encoding_message_size(16 * 1024 * 1024);
+    tonic::transport::Server::builder()
+        .add_service(images)
+        .add_service(runtime_service::RuntimeServiceRouter::new())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|error| ApiError::Serve(error.to_string()))
+}

@@ -238,12 +238,21 @@ pub async fn fetch_image(
         });
     }
 
-    let downloads = image_manifest
-        .layers
-        .iter()
-        .map(|layer| fetch_layer(session, store, layer, lease_id, limits.layer_resumes_max));
-    let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads.enumerate())
-        .map(|(index, download)| async move { download.await.map(|outcome| (index, outcome)) })
+    // Boxed so the stream's item type names no closure lifetimes, which keeps
+    // the whole pull future `Send` for the gRPC server.
+    type Download<'a> =
+        futures_util::future::BoxFuture<'a, Result<(usize, IngestOutcome), FetchError>>;
+    let mut downloads: Vec<Download<'_>> = Vec::with_capacity(image_manifest.layers.len());
+    for (index, layer) in image_manifest.layers.iter().enumerate() {
+        let layer = layer.clone();
+        let resumes_max = limits.layer_resumes_max;
+        downloads.push(Box::pin(async move {
+            fetch_layer(session, store, &layer, lease_id, resumes_max)
+                .await
+                .map(|outcome| (index, outcome))
+        }));
+    }
+    let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads)
         .buffer_unordered(limits.layer_downloads_max.max(1))
         .collect::<Vec<_>>()
         .await

@@ -87,6 +87,20 @@ pub enum MetadataError {
 }
 
 impl MetadataError {
+    /// The filesystem under the database is full (or over quota).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            MetadataError::Storage {
+                source: redb::Error::Io(error),
+                ..
+            } => matches!(
+                error.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn storage<E: Into<redb::Error>>(operation: &'static str) -> impl FnOnce(E) -> Self {
         move |error| MetadataError::Storage {
             operation,
