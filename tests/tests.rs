@@ -11,12 +11,15 @@
 //!   and read back record by record.
 //! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
 //!   deduplication of downloads.
+//! - `cri_socket`: the real daemon over its unix socket with the generated CRI
+//!   clients: pull, list, status, remove, fs info, version, status, errors.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
 
 mod support;
 
 mod content_store;
+mod cri_socket;
 mod daemon;
 mod metadata_store;
 mod migrations;

@@ -3,6 +3,7 @@
 //! Status) on a unix socket, translates requests into `image_service` calls and
 //! the answers back, and maps errors to status codes in one place (`status`).
 
+pub mod client;
 mod convert;
 mod image_service;
 pub mod proto;

@@ -34,10 +34,11 @@ impl ImageSelector {
         let id_prefix = id_prefix_of(input);
         // `sha256:abc` is a repository "sha256" with tag "abc" to the reference
         // grammar, but to a person it is an id prefix.
-        if input.starts_with("sha256:") && input.len() < "sha256:".len() + 64 {
-            if let Some(id_prefix) = id_prefix {
-                return Ok(ImageSelector::IdPrefix(id_prefix));
-            }
+        if input.starts_with("sha256:")
+            && input.len() < "sha256:".len() + 64
+            && let Some(id_prefix) = id_prefix
+        {
+            return Ok(ImageSelector::IdPrefix(id_prefix));
         }
         match AnyReference::parse(input) {
             Ok(AnyReference::Digest(digest)) => Ok(ImageSelector::Id(digest)),

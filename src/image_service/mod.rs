@@ -103,7 +103,7 @@ pub enum ServiceError {
     Unpack {
         chain_id: Digest,
         #[source]
-        source: pull::LayerError,
+        source: Box<pull::LayerError>,
     },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),

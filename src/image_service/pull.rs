@@ -263,7 +263,7 @@ impl ImageService {
                 Err(PrepareError::Unpack(source)) => {
                     return Err(ServiceError::Unpack {
                         chain_id: layer.chain_id.clone(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 Err(PrepareError::Snapshot(error)) => return Err(ServiceError::Snapshot(error)),

@@ -1,9 +1,9 @@
 //! Chain ids: the identity of a layer together with everything below it.
 //!
-//! `ChainID(L0) = DiffID(L0)`, and `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1)
-//! + " " + DiffID(Ln))`, written `sha256:<hex>` (OCI image spec, config.md).
-//! Snapshots are keyed by chain id, so two images that share a base share its
-//! snapshots.
+//! `ChainID(L0) = DiffID(L0)`, and `ChainID(L0..Ln)` is the sha256 of
+//! `ChainID(L0..Ln-1)`, a space and `DiffID(Ln)`, written `sha256:<hex>` (OCI
+//! image spec, config.md). Snapshots are keyed by chain id, so two images that
+//! share a base share its snapshots.
 
 use crate::reference::{Digest, DigestHasher};
 

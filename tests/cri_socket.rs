@@ -1,0 +1,500 @@
+//! The real `cri-imaged serve` binary, driven over its unix socket with the
+//! generated CRI clients (what the kubelet and crictl speak), pulling from the
+//! real Debian registry.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_imaged::api::client;
+use cri_imaged::api::proto::runtime::v1 as cri;
+
+use crate::support::registry::{
+    BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
+};
+
+/// A daemon process with its own root, socket and hosts directory.
+struct DaemonProcess {
+    child: Child,
+    root: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    async fn start() -> DaemonProcess {
+        let root = tempfile::tempdir().unwrap();
+        let socket = root.path().join("run/cri-imaged.sock");
+        let log = root.path().join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+            .arg("serve")
+            .arg("--root")
+            .arg(root.path().join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--hosts-dir")
+            .arg(root.path().join("certs.d"))
+            .env("CRI_IMAGED_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = DaemonProcess {
+            child,
+            root,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client::runtime_client(&daemon.socket).await.is_ok() {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen: {}",
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    async fn images(
+        &self,
+    ) -> cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
+        client::image_client(&self.socket).await.unwrap()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn app_image(user: &str) -> BuiltImage {
+    ImageBuilder::new()
+        .user(user)
+        .annotation("org.opencontainers.image.title", "app")
+        .layer(
+            LayerBuilder::new()
+                .directory("etc")
+                .file("etc/os-release", b"NAME=base\n")
+                .file("etc/removed-later", b"x")
+                .build(Compression::Gzip),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("bin/app", b"#!/bin/sh\necho hi\n")
+                .whiteout("etc/removed-later")
+                .build(Compression::Zstd),
+        )
+        .build()
+}
+
+fn list_paths(directory: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(directory).into_iter().flatten().flatten() {
+        found.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn version_and_status_answer_as_an_image_only_runtime() {
+    let daemon = DaemonProcess::start().await;
+    let mut runtime = client::runtime_client(&daemon.socket).await.unwrap();
+    let version = runtime
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.runtime_name, "cri-imaged");
+    assert_eq!(version.runtime_api_version, "v1");
+    assert_eq!(version.runtime_version, env!("CARGO_PKG_VERSION"));
+    let status = runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let conditions = status.status.unwrap().conditions;
+    let types: Vec<&str> = conditions.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(types, ["RuntimeReady", "NetworkReady"]);
+    assert!(
+        conditions
+            .iter()
+            .all(|c| !c.status && c.message.contains("images only"))
+    );
+    assert!(!status.info.is_empty(), "verbose status carries info");
+
+    // A RuntimeService method this daemon does not serve, called raw.
+    let channel = client::connect(&daemon.socket).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let error = grpc
+        .unary::<cri::VersionRequest, cri::VersionResponse, _>(
+            tonic::Request::new(cri::VersionRequest::default()),
+            http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/RunPodSandbox"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unimplemented);
+    assert!(
+        error.message().contains("serves images only"),
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().contains("RunPodSandbox"),
+        "{}",
+        error.message()
+    );
+}
+
+#[tokio::test]
+async fn pull_list_status_remove_and_fs_info_over_the_socket() {
+    let registry = TestRegistry::start();
+    let numeric = app_image("1000:1000");
+    let named = ImageBuilder::new()
+        .user("nobody")
+        .layer(
+            LayerBuilder::new()
+                .file("hello", b"hello")
+                .build(Compression::Gzip),
+        )
+        .build();
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("team/app", &numeric, "v1").unwrap();
+    pusher.push_image("team/named", &named, "v2").unwrap();
+    let daemon = DaemonProcess::start().await;
+    let mut images = daemon.images().await;
+
+    let before = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let used_before = before.image_filesystems[0].used_bytes.unwrap().value;
+
+    let reference = format!("{}/team/app:v1", registry.host());
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&reference),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        pulled.image_ref, numeric.config_digest,
+        "image_ref is the config digest"
+    );
+    images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&format!("{}/team/named:v2", registry.host())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 2);
+    let app = listed
+        .iter()
+        .find(|image| image.id == numeric.config_digest)
+        .unwrap();
+    assert_eq!(app.repo_tags, vec![reference.clone()]);
+    assert_eq!(
+        app.repo_digests,
+        vec![format!(
+            "{}/team/app@{}",
+            registry.host(),
+            numeric.manifest_digest
+        )]
+    );
+    assert_eq!(app.uid, Some(cri::Int64Value { value: 1000 }));
+    assert_eq!(app.username, "");
+    assert!(app.size > 0);
+    assert_eq!(
+        app.spec.as_ref().unwrap().annotations["org.opencontainers.image.title"],
+        "app"
+    );
+    let other = listed
+        .iter()
+        .find(|image| image.id == named.config_digest)
+        .unwrap();
+    assert_eq!(other.uid, None);
+    assert_eq!(other.username, "nobody");
+
+    // Status by tag, by id, by digest reference and by id prefix all find it.
+    for name in [
+        reference.clone(),
+        numeric.config_digest.clone(),
+        app.repo_digests[0].clone(),
+        numeric.config_digest["sha256:".len().."sha256:".len() + 12].to_owned(),
+    ] {
+        let status = images
+            .image_status(cri::ImageStatusRequest {
+                image: spec(&name),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            status.image.map(|image| image.id),
+            Some(numeric.config_digest.clone()),
+            "{name}"
+        );
+    }
+    let verbose = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&reference),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["state"], "ready");
+    assert_eq!(info["imageSpec"]["config"]["User"], "1000:1000");
+    let chain_id = info["chainId"].as_str().unwrap().to_owned();
+
+    // The snapshots are overlay lower dirs: the top holds the whiteout as a 0/0
+    // character device, the base the files.
+    let top = daemon
+        .state()
+        .join("snapshots")
+        .join(chain_id.replace(':', "-"));
+    assert_eq!(list_paths(&top), vec!["bin", "etc"]);
+    let whiteout = std::fs::symlink_metadata(top.join("etc/removed-later")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        whiteout.file_type().is_char_device(),
+        "whiteout is a character device"
+    );
+
+    let after = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = &after.image_filesystems[0];
+    assert!(usage.timestamp > 0);
+    assert!(usage.used_bytes.unwrap().value > used_before, "{usage:?}");
+    assert!(usage.inodes_used.unwrap().value > 0);
+    assert_eq!(
+        usage.fs_id.as_ref().unwrap().mountpoint,
+        daemon.state().display().to_string()
+    );
+    assert!(after.container_filesystems.is_empty());
+
+    // An absent image: an empty status, not an error.
+    let absent = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec("docker.io/library/absent:1"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(absent.image.is_none());
+
+    // Remove by tag removes every name; removing again succeeds.
+    for _ in 0..2 {
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: spec(&reference),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    let gone = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&numeric.config_digest),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.image.is_none());
+
+    // StreamImages carries the same images as ListImages.
+    let mut stream = images
+        .stream_images(cri::StreamImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        assert!(!message.images.is_empty());
+        streamed.extend(message.images);
+    }
+    assert_eq!(streamed, listed);
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
+    let registry = TestRegistry::start_with_htpasswd("alice", "s3cret-password");
+    let image = app_image("0");
+    Pusher::new(&registry)
+        .push_image("private/app", &image, "v1")
+        .unwrap();
+    let daemon = DaemonProcess::start().await;
+    let mut images = daemon.images().await;
+    let reference = format!("{}/private/app:v1", registry.host());
+
+    let cases: Vec<(cri::PullImageRequest, tonic::Code, &str)> = vec![
+        (
+            cri::PullImageRequest {
+                image: spec("Not A Reference!"),
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "Not A Reference!",
+        ),
+        (
+            cri::PullImageRequest {
+                image: spec(&reference),
+                ..Default::default()
+            },
+            tonic::Code::Unauthenticated,
+            "private/app",
+        ),
+        (
+            cri::PullImageRequest {
+                image: spec(&reference),
+                auth: Some(cri::AuthConfig {
+                    username: "alice".into(),
+                    password: "wrong-password".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            tonic::Code::Unauthenticated,
+            "rejected",
+        ),
+        (
+            cri::PullImageRequest {
+                image: spec(&reference),
+                auth: Some(cri::AuthConfig {
+                    auth: "%%%not-base64".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "base64",
+        ),
+        (
+            cri::PullImageRequest {
+                image: spec(&format!("{}/private/absent:v1", registry.host())),
+                auth: Some(cri::AuthConfig {
+                    username: "alice".into(),
+                    password: "s3cret-password".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+            "private/absent:v1",
+        ),
+        (
+            cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: reference.clone(),
+                    runtime_handler: "no-such-handler".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+            "no-such-handler",
+        ),
+    ];
+    for (request, code, mentions) in cases {
+        let error = images.pull_image(request).await.unwrap_err();
+        assert_eq!(error.code(), code, "{}", error.message());
+        assert!(error.message().contains(mentions), "{}", error.message());
+        assert!(
+            !error.message().contains("s3cret-password")
+                && !error.message().contains("wrong-password")
+        );
+    }
+    assert!(
+        !daemon.log_text().contains("s3cret-password"),
+        "a secret reached the log"
+    );
+    assert!(
+        !daemon.log_text().contains("wrong-password"),
+        "a secret reached the log"
+    );
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+
+    // With the right credentials it works.
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&reference),
+            auth: Some(cri::AuthConfig {
+                username: "alice".into(),
+                password: "s3cret-password".into(),
+                server_address: registry.host().to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.config_digest);
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&reference),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.image.unwrap().uid,
+        Some(cri::Int64Value { value: 0 })
+    );
+}
