@@ -498,3 +498,47 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
         Some(cri::Int64Value { value: 0 })
     );
 }
+
+#[tokio::test]
+async fn twenty_concurrent_pulls_of_one_image_download_it_once() {
+    let registry = TestRegistry::start();
+    let image = app_image("1");
+    Pusher::new(&registry)
+        .push_image("team/popular", &image, "v1")
+        .unwrap();
+    let daemon = DaemonProcess::start().await;
+    let reference = format!("{}/team/popular:v1", registry.host());
+    let log_before = registry.log_text();
+    let pulls: Vec<_> = (0..20)
+        .map(|_| {
+            let socket = daemon.socket.clone();
+            let reference = reference.clone();
+            tokio::spawn(async move {
+                let mut images = client::image_client(&socket).await.unwrap();
+                images
+                    .pull_image(cri::PullImageRequest {
+                        image: spec(&reference),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|response| response.into_inner().image_ref)
+            })
+        })
+        .collect();
+    for pull in pulls {
+        assert_eq!(pull.await.unwrap().unwrap(), image.config_digest);
+    }
+    let log = registry.log_text();
+    let new_log = &log[log_before.len().min(log.len())..];
+    for layer in &image.layers {
+        let fetches = new_log
+            .lines()
+            .filter(|line| line.contains(&format!("GET /v2/team/popular/blobs/{}", layer.digest)))
+            .count();
+        assert_eq!(
+            fetches, 1,
+            "layer {} was fetched {fetches} times",
+            layer.digest
+        );
+    }
+}

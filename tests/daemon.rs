@@ -10,6 +10,12 @@ fn start_daemon(root: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
         .args(["serve", "--root"])
         .arg(root)
+        // Each daemon gets its own socket and hosts directory, so tests never
+        // meet on the system defaults.
+        .arg("--socket")
+        .arg(root.join("cri-imaged.sock"))
+        .arg("--hosts-dir")
+        .arg(root.join("certs.d"))
         .env("CRI_IMAGED_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -3,6 +3,9 @@
 //!
 //! - `metadata_store`: transactions, indexes, concurrency and integrity of the
 //!   metadata database.
+//! - `registry_faults`: pulls through a fault-injecting proxy in front of the
+//!   real registry: bad manifests, bad blobs, redirects, bad token answers,
+//!   stalls, retries, mirror fallback and resumption with Range.
 //! - `registry_pull`: pulls from the real Debian registry into the content
 //!   store, with every auth form, TLS through certs.d, mirrors and bad blobs.
 //! - `proto_wire`: our proto against an independent transcription of the
@@ -24,4 +27,5 @@ mod daemon;
 mod metadata_store;
 mod migrations;
 mod proto_wire;
+mod registry_faults;
 mod registry_pull;

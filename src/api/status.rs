@@ -25,6 +25,7 @@ pub fn to_status(error: &ServiceError) -> tonic::Status {
         },
         ServiceError::Unpack { .. } => tonic::Code::FailedPrecondition,
         ServiceError::ShuttingDown => tonic::Code::Unavailable,
+        ServiceError::TooManyPulls { .. } => tonic::Code::ResourceExhausted,
         _ => tonic::Code::Internal,
     };
     tonic::Status::new(code, message)

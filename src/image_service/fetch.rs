@@ -94,6 +94,10 @@ impl FetchedImage {
 pub struct RegistryBlobSource<'a> {
     session: &'a RepositorySession,
     descriptor: Descriptor,
+    /// The endpoint to try first (a resume moves past the one that failed).
+    first_endpoint: usize,
+    /// Whether the request was answered; after that, a failure is the stream's.
+    opened: bool,
 }
 
 impl BlobSource for RegistryBlobSource<'_> {
@@ -105,8 +109,9 @@ impl BlobSource for RegistryBlobSource<'_> {
     ) -> Result<OpenedBlob<RegistryError>, RegistryError> {
         let blob = self
             .session
-            .open_blob(&self.descriptor, offset_bytes)
+            .open_blob_from_endpoint(&self.descriptor, offset_bytes, self.first_endpoint)
             .await?;
+        self.opened = true;
         Ok(OpenedBlob {
             offset_bytes: blob.offset_bytes,
             stream: blob.stream,
@@ -281,6 +286,8 @@ async fn fetch_layer(
         let mut source = RegistryBlobSource {
             session,
             descriptor: layer.clone(),
+            first_endpoint: resumes as usize % session.endpoint_count().max(1),
+            opened: false,
         };
         let request = IngestRequest {
             expected: layer,
@@ -289,7 +296,11 @@ async fn fetch_layer(
         };
         match store.ingest(request, &mut source).await {
             Ok(outcome) => return Ok(outcome),
-            Err(IngestError::Source(error)) if error.is_transient() && resumes < resumes_max => {
+            // Only a stream that broke after its request was answered is
+            // resumed: a request that failed has had its retries already.
+            Err(IngestError::Source(error))
+                if source.opened && error.is_transient() && resumes < resumes_max =>
+            {
                 resumes += 1;
                 tracing::info!(
                     digest = %layer.digest,

@@ -8,6 +8,7 @@
 //! - `lookup`: what a CRI `ImageSpec.image` names (a name, an id, an id prefix).
 
 pub mod fetch;
+mod inflight_pulls;
 mod lookup;
 pub mod pull;
 
@@ -21,6 +22,7 @@ use crate::registry::credentials::CredentialsError;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::snapshot_store::{SnapshotError, SnapshotStore};
 
+pub use inflight_pulls::PullLimits;
 pub use lookup::ImageSelector;
 pub use pull::{PullRequest, PullSettings};
 
@@ -109,6 +111,10 @@ pub enum ServiceError {
     Snapshot(#[from] SnapshotError),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("too many pulls are waiting ({queued}); try again later")]
+    TooManyPulls { queued: usize },
+    #[error("the pull failed unexpectedly: {detail}")]
+    PullTaskFailed { detail: String },
 }
 
 /// Names that are pinned by configuration: exact names and `prefix*` patterns.
@@ -144,6 +150,7 @@ pub struct ImageService {
     /// This daemon boot's id, recorded on every lease it takes.
     boot_id: String,
     fs_usage_cache: std::sync::Mutex<Option<(std::time::Instant, FsUsage)>>,
+    inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
 }
 
 /// What an [`ImageService`] works with.
@@ -165,9 +172,10 @@ impl ImageService {
             snapshots: parts.snapshots,
             registry: parts.registry,
             pinned: parts.pinned,
-            settings: parts.settings,
             boot_id: parts.boot_id,
             fs_usage_cache: std::sync::Mutex::new(None),
+            inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
+            settings: parts.settings,
         }
     }
 

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::content_store::ContentStore;
+use futures_util::FutureExt;
+
 use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image};
+use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused};
 use crate::image_service::{ImageService, ServiceError};
 use crate::metadata::{Image, ImageState, Lease, LeaseResource};
 use crate::oci::manifest::layer_compression;
@@ -43,6 +46,7 @@ pub struct PullSettings {
     pub lease_duration_ms: u64,
     pub unpack: UnpackOptions,
     pub extractions_max: usize,
+    pub limits: PullLimits,
 }
 
 impl Default for PullSettings {
@@ -54,13 +58,19 @@ impl Default for PullSettings {
             lease_duration_ms: 60 * 60 * 1000,
             unpack: UnpackOptions::for_current_user(),
             extractions_max: std::thread::available_parallelism().map_or(2, usize::from),
+            limits: PullLimits::default(),
         }
     }
 }
 
 impl ImageService {
     /// Pulls `request.image`; returns the image id (its config digest).
-    pub async fn pull_image(&self, request: &PullRequest) -> Result<Digest, ServiceError> {
+    /// Concurrent calls for the same reference, credentials and platform share
+    /// one pull (see `inflight_pulls`).
+    pub async fn pull_image(
+        self: &Arc<Self>,
+        request: &PullRequest,
+    ) -> Result<Digest, Arc<ServiceError>> {
         let reference = ImageReference::parse_docker_ref(&request.image).map_err(|source| {
             ServiceError::InvalidReference {
                 input: crate::reference::bounded_echo(&request.image),
@@ -70,6 +80,37 @@ impl ImageService {
         let credentials = RegistryCredentials::from_auth_config(&request.auth)
             .map_err(ServiceError::InvalidAuth)?;
         let platform = self.platform_for(&request.runtime_handler)?;
+        let key = PullKey {
+            reference: reference.clone(),
+            credentials: credentials.clone(),
+            platform: platform.clone(),
+        };
+        let service = self.clone();
+        let pull = async move {
+            service
+                .pull_uncached(reference, credentials, platform)
+                .await
+                .map_err(Arc::new)
+        }
+        .boxed();
+        let (joined, outcome) = self
+            .inflight
+            .join_or_start(key, pull, |refused| match refused {
+                PullRefused::QueueFull { queued } => ServiceError::TooManyPulls { queued },
+                PullRefused::TaskFailed { detail } => ServiceError::PullTaskFailed { detail },
+            });
+        if joined {
+            tracing::debug!(reference = %request.image, "joined a pull in flight");
+        }
+        outcome.await
+    }
+
+    async fn pull_uncached(
+        &self,
+        reference: ImageReference,
+        credentials: RegistryCredentials,
+        platform: Platform,
+    ) -> Result<Digest, ServiceError> {
         let lease_id = format!("pull-{}", uuid::Uuid::new_v4().simple());
         let now = crate::metadata::unix_millis_now();
         let lease = Lease {

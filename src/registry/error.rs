@@ -31,11 +31,11 @@ pub enum RegistryError {
     },
     #[error("registry {registry} is unreachable: {detail}")]
     Unreachable { registry: String, detail: String },
-    #[error("registry {registry} sent no bytes of {what} for {seconds} s")]
+    #[error("registry {registry} sent no bytes of {what} for {timeout_ms} ms")]
     Stalled {
         registry: String,
         what: String,
-        seconds: u64,
+        timeout_ms: u64,
     },
     #[error("{what} from registry {registry} has digest {received}, expected {expected}")]
     DigestMismatch {

@@ -79,6 +79,11 @@ impl RepositorySession {
         &self.repository
     }
 
+    /// How many endpoints (mirrors and upstream) this session may use.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
     /// Resolves a tag or digest reference to its manifest (or index). A digest
     /// reference is checked against the bytes; a tag's digest comes from the
     /// bytes too, and a `Docker-Content-Digest` header must agree with them.
@@ -165,7 +170,21 @@ impl RepositorySession {
         descriptor: &Descriptor,
         offset_bytes: u64,
     ) -> Result<BlobStream, RegistryError> {
-        self.on_each_endpoint(
+        self.open_blob_from_endpoint(descriptor, offset_bytes, 0)
+            .await
+    }
+
+    /// [`RepositorySession::open_blob`], trying endpoint `first_endpoint`
+    /// first. A download whose stream failed resumes from the next endpoint,
+    /// so a mirror that stalls mid-blob gives way to the others.
+    pub async fn open_blob_from_endpoint(
+        &self,
+        descriptor: &Descriptor,
+        offset_bytes: u64,
+        first_endpoint: usize,
+    ) -> Result<BlobStream, RegistryError> {
+        self.on_each_endpoint_from(
+            first_endpoint,
             |endpoint| endpoint.can_pull,
             |index| async move {
                 let response = self
@@ -193,11 +212,11 @@ impl RepositorySession {
                     });
                 }
                 let what = format!("blob {}", descriptor.digest);
-                let seconds = self.client.config.progress_timeout_ms / 1000;
+                let timeout_ms = self.client.config.progress_timeout_ms;
                 let stream = response
                     .bytes_stream()
                     .map(move |chunk| {
-                        chunk.map_err(|error| stream_error(&registry, &what, seconds, &error))
+                        chunk.map_err(|error| stream_error(&registry, &what, timeout_ms, &error))
                     })
                     .boxed();
                 Ok(BlobStream {
@@ -220,15 +239,33 @@ impl RepositorySession {
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
+        self.on_each_endpoint_from(0, usable, operation).await
+    }
+
+    /// Like `on_each_endpoint`, starting at endpoint `first` and wrapping
+    /// around: a resumed download starts after the endpoint that failed it.
+    async fn on_each_endpoint_from<T, F, Fut>(
+        &self,
+        first: usize,
+        usable: impl Fn(&Endpoint) -> bool,
+        operation: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let count = self.endpoints.len();
         let mut last_error = None;
-        for (index, endpoint) in self.endpoints.iter().enumerate() {
+        for step in 0..count {
+            let index = (first + step) % count;
+            let endpoint = &self.endpoints[index];
             if !usable(endpoint) {
                 continue;
             }
             match operation(index).await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    let last_endpoint = index + 1 == self.endpoints.len();
+                    let last_endpoint = step + 1 == count;
                     if last_endpoint || !error.worth_trying_elsewhere() {
                         return Err(error);
                     }
@@ -590,12 +627,17 @@ fn verify(
 }
 
 /// A transport failure while sending or streaming, as a typed error.
-fn stream_error(registry: &str, what: &str, seconds: u64, error: &reqwest::Error) -> RegistryError {
+fn stream_error(
+    registry: &str,
+    what: &str,
+    timeout_ms: u64,
+    error: &reqwest::Error,
+) -> RegistryError {
     if error.is_timeout() {
         RegistryError::Stalled {
             registry: registry.to_owned(),
             what: what.to_owned(),
-            seconds,
+            timeout_ms,
         }
     } else {
         RegistryError::Unreachable {

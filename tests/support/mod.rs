@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: sample records built in code, and
 //! (`registry`) the real Debian registry, images built in code, and pushing.
 
+pub mod fault_proxy;
 pub mod registry;
 
 use std::collections::BTreeMap;
