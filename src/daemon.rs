@@ -2,7 +2,8 @@
 //!
 //! Start: create the root, open and migrate the metadata store (refusing a
 //! corrupted or newer-schema file), record a new boot, open the content and
-//! snapshot stores, build the image service, bind the socket (replacing a
+//! snapshot stores, reconcile what a crash left, build the image service,
+//! bind the socket (replacing a
 //! stale one only if nothing answers on it), then serve. Reconciliation and
 //! background gc slot in before the socket opens as they land. Shutdown runs
 //! in reverse: stop accepting, let calls in flight finish, close the stores.
@@ -38,7 +39,13 @@ pub enum DaemonError {
     Snapshots(#[from] SnapshotError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error("startup reconciliation failed: {0}")]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
 }
+
+/// How long what interrupted pulls stored stays protected after a restart, so
+/// the kubelet's retry resumes rather than starts over.
+const RECONCILE_GRACE_PERIOD_MS: u64 = 10 * 60 * 1000;
 
 /// A started daemon: stores open, boot recorded, socket bound.
 pub struct Daemon {
@@ -78,6 +85,7 @@ impl Daemon {
             config.snapshots_directory(),
             metadata.clone(),
         )?);
+        crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
         let registry = RegistryClient::new(
             RegistryConfig::default(),
             Box::new(HostsDirectory::new(config.hosts_directory.clone())),

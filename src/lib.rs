@@ -21,6 +21,7 @@ pub mod fail_point;
 pub mod image_service;
 pub mod metadata;
 pub mod oci;
+pub mod reconcile;
 pub mod reference;
 pub mod registry;
 pub mod snapshot_store;

@@ -298,6 +298,20 @@ impl WriteTxn {
         read::fetch_lease(&self.table(LEASES)?, id)
     }
 
+    /// Every lease, in id order.
+    pub fn leases(&self) -> Result<Vec<Lease>, MetadataError> {
+        use redb::ReadableTable;
+        let table = self.table(LEASES)?;
+        let mut leases = Vec::new();
+        for entry in table.iter().map_err(Storage::storage("scan leases"))? {
+            let (key, value) = entry.map_err(Storage::storage("scan leases"))?;
+            let record = records::decode::<LeaseRecord>(value.value())
+                .map_err(Storage::corrupt("leases", key.value()))?;
+            leases.push(record.into_domain(key.value()));
+        }
+        Ok(leases)
+    }
+
     pub fn put_lease(&mut self, lease: &Lease) -> Result<(), MetadataError> {
         self.table(LEASES)?
             .insert(

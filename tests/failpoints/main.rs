@@ -91,8 +91,18 @@ fn assert_fully_migrated_with_every_record(path: &Path) {
     let (store, report) = MetadataStore::open(path).unwrap();
     assert_eq!(report.found_schema_version, SCHEMA_VERSION);
     let read = store.read().unwrap();
-    for (image, names) in golden_sample().images {
-        assert_eq!(read.image(image.id()).unwrap(), Some(image.clone()));
+    for (mut image, names) in golden_sample().images {
+        let stored = read
+            .image(image.id())
+            .unwrap()
+            .expect("every image survives");
+        // The daemon reconciled at startup: an image left pulling by the
+        // crash that wrote the golden file is now gc_pending.
+        if image.state == cri_imaged::metadata::ImageState::Pulling {
+            image.state = cri_imaged::metadata::ImageState::GcPending;
+            image.updated_unix_ms = stored.updated_unix_ms;
+        }
+        assert_eq!(stored, image);
         assert_eq!(read.names_of(image.id()).unwrap().len(), names.len());
     }
     assert_eq!(check_consistency(&read).unwrap(), vec![]);
@@ -134,4 +144,200 @@ fn killed_right_after_a_migration_step_the_daemon_restarts_at_the_new_version() 
     );
     run_daemon_cleanly(root.path());
     assert_fully_migrated_with_every_record(&path);
+}
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod pull_crashes {
+    //! A pull killed before and after its final "ready" transaction: after a
+    //! restart nothing half-pulled is visible, what was stored is reused, and
+    //! an image that was committed is intact.
+
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use cri_imaged::api::client;
+    use cri_imaged::api::proto::runtime::v1 as cri;
+    use cri_imaged::metadata::{ImageState, MetadataStore, check_consistency};
+
+    use crate::support::registry::{Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry};
+
+    struct Daemon {
+        child: Child,
+        socket: PathBuf,
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn start(root: &Path, failpoints: Option<&str>) -> Daemon {
+        let socket = root.join("cri-imaged.sock");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cri-imaged"));
+        command
+            .args(["serve", "--root"])
+            .arg(root.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--hosts-dir")
+            .arg(root.join("certs.d"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(failpoints) = failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
+        let daemon = Daemon {
+            child: command.spawn().unwrap(),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client::runtime_client(&daemon.socket).await.is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        daemon
+    }
+
+    fn spec(image: &str) -> Option<cri::ImageSpec> {
+        Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    fn blob_fetches(log: &str, digest: &str) -> usize {
+        log.lines()
+            .filter(|line| line.contains("GET /v2/") && line.contains(&format!("/blobs/{digest}")))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn killed_before_the_ready_commit_nothing_is_visible_and_the_retry_reuses_the_content() {
+        let registry = TestRegistry::start();
+        let image = ImageBuilder::new()
+            .layer(
+                LayerBuilder::new()
+                    .file("a", &[1; 50_000])
+                    .build(Compression::Gzip),
+            )
+            .layer(
+                LayerBuilder::new()
+                    .file("b", &[2; 50_000])
+                    .build(Compression::Zstd),
+            )
+            .build();
+        Pusher::new(&registry)
+            .push_image("team/app", &image, "v1")
+            .unwrap();
+        let reference = format!("{}/team/app:v1", registry.host());
+        let root = tempfile::tempdir().unwrap();
+
+        let mut daemon = start(root.path(), Some("pull::before_ready_commit=return(abort)")).await;
+        let mut images = client::image_client(&daemon.socket).await.unwrap();
+        // The connection breaks as the daemon aborts: the call fails.
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec(&reference),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        let status = daemon.child.wait().unwrap();
+        assert!(!status.success(), "the daemon aborted at the fail point");
+        drop(daemon);
+
+        let daemon = start(root.path(), None).await;
+        let mut images = client::image_client(&daemon.socket).await.unwrap();
+        let listed = images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            listed.images.is_empty(),
+            "a half-pulled image is listed: {listed:?}"
+        );
+        let status = images
+            .image_status(cri::ImageStatusRequest {
+                image: spec(&reference),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.image.is_none());
+
+        let log_before = registry.log_text();
+        let pulled = images
+            .pull_image(cri::PullImageRequest {
+                image: spec(&reference),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pulled.image_ref, image.config_digest);
+        let new_log = registry.log_text()[log_before.len()..].to_owned();
+        for layer in &image.layers {
+            assert_eq!(
+                blob_fetches(&new_log, &layer.digest),
+                0,
+                "layer {} downloaded again",
+                layer.digest
+            );
+        }
+        drop(images);
+        drop(daemon);
+
+        let (store, _) = MetadataStore::open(&root.path().join("state/metadata.redb")).unwrap();
+        let read = store.read().unwrap();
+        assert_eq!(check_consistency(&read).unwrap(), vec![]);
+        let id = cri_imaged::reference::Digest::parse(&image.config_digest).unwrap();
+        assert_eq!(read.image(&id).unwrap().unwrap().state, ImageState::Ready);
+    }
+
+    #[tokio::test]
+    async fn killed_right_after_the_ready_commit_the_image_is_intact_after_restart() {
+        let registry = TestRegistry::start();
+        let image = ImageBuilder::new()
+            .layer(
+                LayerBuilder::new()
+                    .file("a", b"committed")
+                    .build(Compression::Gzip),
+            )
+            .build();
+        Pusher::new(&registry)
+            .push_image("team/app", &image, "v1")
+            .unwrap();
+        let reference = format!("{}/team/app:v1", registry.host());
+        let root = tempfile::tempdir().unwrap();
+
+        let mut daemon = start(root.path(), Some("pull::after_ready_commit=return(abort)")).await;
+        let mut images = client::image_client(&daemon.socket).await.unwrap();
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec(&reference),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(!daemon.child.wait().unwrap().success());
+        drop(daemon);
+
+        let daemon = start(root.path(), None).await;
+        let mut images = client::image_client(&daemon.socket).await.unwrap();
+        let listed = images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.images.len(), 1);
+        assert_eq!(listed.images[0].id, image.config_digest);
+        assert_eq!(listed.images[0].repo_tags, vec![reference.clone()]);
+    }
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: sample records built in code, and
 //! (`registry`) the real Debian registry, images built in code, and pushing.
 
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
 pub mod fault_proxy;
 pub mod registry;
 
