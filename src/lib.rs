@@ -13,6 +13,7 @@
 //! no I/O. ARCHITECTURE.md has the map and the invariants.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod content_store;
 pub mod daemon;

@@ -2,9 +2,11 @@
 //! sets up logging, and hands over to the library; `anyhow` is used only here.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use cri_imaged::cli::ClientCommand;
 use cri_imaged::config::{Config, RawConfig};
 use cri_imaged::daemon::Daemon;
 
@@ -38,9 +40,11 @@ enum Command {
         #[arg(long = "hosts-dir")]
         hosts_directory: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     cri_imaged::fail_point::configure_from_environment();
@@ -53,7 +57,25 @@ fn main() -> anyhow::Result<()> {
             root,
             socket,
             hosts_directory,
-        }),
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Client(command) => run_client(command),
+    }
+}
+
+/// A client subcommand, on a single-threaded runtime: it makes one call at a
+/// time. Its error is one line on stderr and exit code 1.
+fn run_client(command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(cri_imaged::cli::run(command)) {
+        Ok(exit_code) => Ok(exit_code),
+        Err(error) => {
+            eprintln!("cri-imaged: {}", error.report());
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 //!   CRI fact sheet (field numbers, types, options, services).
 //! - `migrations`: the golden databases of every released schema open, upgrade
 //!   and read back record by record.
+//! - `cli`: the client subcommands of the real binary (`pull`, `images`,
+//!   `inspect`, `rmi`, `fsinfo`, `version`) against the real daemon and registry.
 //! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
 //!   deduplication of downloads.
 //! - `cri_socket`: the real daemon over its unix socket with the generated CRI
@@ -21,6 +23,7 @@
 
 mod support;
 
+mod cli;
 mod content_store;
 mod cri_socket;
 mod daemon;

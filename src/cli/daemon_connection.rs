@@ -1,0 +1,159 @@
+//! The client end of the socket: connects with the generated CRI clients of
+//! `api::client`, puts a time limit on every wait, and turns transport
+//! failures and gRPC statuses into [`CliError`]. The only file of `cli/` that
+//! calls tonic; the subcommands see request and response messages, and
+//! `CliError` keeps the status code and the transport error as they came.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::api::client;
+use crate::api::proto::runtime::v1 as cri;
+use crate::api::proto::runtime::v1::image_service_client::ImageServiceClient;
+use crate::cli::error::CliError;
+
+/// Connecting to a local socket is immediate when the daemon is up; waiting
+/// longer only hides a wedged daemon.
+const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Every call but PullImage answers from the metadata store, in milliseconds
+/// when the daemon is healthy.
+const REQUEST_TIMEOUT_MS: u64 = 120_000;
+/// The kubelet runtime API version sent in VersionRequest, as crictl sends it.
+const KUBELET_API_VERSION: &str = "v1";
+
+/// A connection to the daemon's `runtime.v1.ImageService`.
+pub struct ImageServiceConnection {
+    socket: PathBuf,
+    client: ImageServiceClient<tonic::transport::Channel>,
+}
+
+impl ImageServiceConnection {
+    pub async fn open(socket: &Path) -> Result<ImageServiceConnection, CliError> {
+        let client = connect_within_limit(socket, client::image_client(socket)).await?;
+        Ok(ImageServiceConnection {
+            socket: socket.to_path_buf(),
+            client,
+        })
+    }
+
+    /// No client-side time limit: a large image may take long, and the daemon
+    /// itself fails a pull whose registry stalls.
+    pub async fn pull_image(
+        &mut self,
+        request: cri::PullImageRequest,
+    ) -> Result<cri::PullImageResponse, CliError> {
+        self.client
+            .pull_image(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| rpc_error("PullImage", status))
+    }
+
+    pub async fn list_images(&mut self) -> Result<Vec<cri::Image>, CliError> {
+        let request = cri::ListImagesRequest { filter: None };
+        let response =
+            call_within_limit("ListImages", &self.socket, self.client.list_images(request)).await?;
+        Ok(response.images)
+    }
+
+    pub async fn image_status(
+        &mut self,
+        image: &str,
+        verbose: bool,
+    ) -> Result<cri::ImageStatusResponse, CliError> {
+        let request = cri::ImageStatusRequest {
+            image: Some(image_spec(image)),
+            verbose,
+        };
+        call_within_limit(
+            "ImageStatus",
+            &self.socket,
+            self.client.image_status(request),
+        )
+        .await
+    }
+
+    pub async fn remove_image(&mut self, image: &str) -> Result<(), CliError> {
+        let request = cri::RemoveImageRequest {
+            image: Some(image_spec(image)),
+        };
+        call_within_limit(
+            "RemoveImage",
+            &self.socket,
+            self.client.remove_image(request),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn image_fs_info(&mut self) -> Result<cri::ImageFsInfoResponse, CliError> {
+        let request = cri::ImageFsInfoRequest {};
+        call_within_limit(
+            "ImageFsInfo",
+            &self.socket,
+            self.client.image_fs_info(request),
+        )
+        .await
+    }
+}
+
+/// `runtime.v1.RuntimeService/Version`, on a connection of its own.
+pub async fn runtime_version(socket: &Path) -> Result<cri::VersionResponse, CliError> {
+    let mut runtime = connect_within_limit(socket, client::runtime_client(socket)).await?;
+    let request = cri::VersionRequest {
+        version: KUBELET_API_VERSION.to_owned(),
+    };
+    call_within_limit("Version", socket, runtime.version(request)).await
+}
+
+/// An `ImageSpec` naming `image` (a reference, an id or an id prefix) as the
+/// user typed it.
+pub fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.to_owned(),
+        user_specified_image: image.to_owned(),
+        ..cri::ImageSpec::default()
+    }
+}
+
+async fn connect_within_limit<T>(
+    socket: &Path,
+    connecting: impl Future<Output = Result<T, tonic::transport::Error>>,
+) -> Result<T, CliError> {
+    match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(source)) => Err(CliError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        }),
+        Err(_elapsed) => Err(CliError::ConnectTimeout {
+            socket: socket.to_path_buf(),
+            timeout_ms: CONNECT_TIMEOUT_MS,
+        }),
+    }
+}
+
+async fn call_within_limit<T>(
+    rpc: &'static str,
+    socket: &Path,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, CliError> {
+    match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(rpc_error(rpc, status)),
+        Err(_elapsed) => Err(CliError::RpcTimeout {
+            rpc,
+            socket: socket.to_path_buf(),
+            timeout_ms: REQUEST_TIMEOUT_MS,
+        }),
+    }
+}
+
+fn rpc_error(rpc: &'static str, status: tonic::Status) -> CliError {
+    CliError::Rpc {
+        rpc,
+        code: status.code(),
+        message: status.message().to_owned(),
+    }
+}

@@ -1,0 +1,533 @@
+//! The client subcommands of the real `cri-imaged` binary (`pull`, `images`,
+//! `inspect`, `rmi`, `fsinfo`, `version`), run as a user runs them, against
+//! the real daemon and the real Debian registry. Assertions are on stdout,
+//! stderr and exit codes; secrets are checked never to appear in any of them.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::support::registry::{
+    BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cri-imaged");
+const DAEMON_START_TIMEOUT_MS: u64 = 30_000;
+
+/// A daemon process with its own root, socket and hosts directory.
+struct DaemonProcess {
+    child: Child,
+    root: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    fn start() -> DaemonProcess {
+        let root = tempfile::tempdir().unwrap();
+        let socket = root.path().join("run/cri-imaged.sock");
+        let log = root.path().join("daemon.log");
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--root")
+            .arg(root.path().join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--hosts-dir")
+            .arg(root.path().join("certs.d"))
+            .env("CRI_IMAGED_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = DaemonProcess {
+            child,
+            root,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_millis(DAEMON_START_TIMEOUT_MS);
+        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen: {}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        daemon
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// Runs `cri-imaged SUBCOMMAND --socket <this daemon's> ARGS...`.
+    fn client(&self, subcommand: &str, args: &[&str]) -> ClientRun {
+        ClientRun::new(&self.socket, subcommand, args, None)
+    }
+
+    fn client_with_stdin(&self, subcommand: &str, args: &[&str], stdin: &str) -> ClientRun {
+        ClientRun::new(&self.socket, subcommand, args, Some(stdin))
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one client invocation printed and how it exited.
+#[derive(Debug)]
+struct ClientRun {
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl ClientRun {
+    fn new(socket: &Path, subcommand: &str, args: &[&str], stdin: Option<&str>) -> ClientRun {
+        let mut child = Command::new(BINARY)
+            .arg(subcommand)
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        ClientRun {
+            exit_code: output.status.code(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    #[track_caller]
+    fn assert_success(&self) -> &ClientRun {
+        assert_eq!(self.exit_code, Some(0), "{self:#?}");
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|error| panic!("{error}: {self:#?}"))
+    }
+
+    fn mentions(&self, text: &str) -> bool {
+        self.stdout.contains(text) || self.stderr.contains(text)
+    }
+}
+
+fn app_image() -> BuiltImage {
+    ImageBuilder::new()
+        .user("1000:1000")
+        .layer(
+            LayerBuilder::new()
+                .file("etc/os-release", b"NAME=cli\n")
+                .build(Compression::Gzip),
+        )
+        .build()
+}
+
+fn hex(digest: &str) -> &str {
+    digest.split_once(':').unwrap().1
+}
+
+#[test]
+fn pull_list_inspect_fsinfo_version_and_remove_through_the_client() {
+    let registry = TestRegistry::start();
+    let image = app_image();
+    Pusher::new(&registry)
+        .push_image("team/app", &image, "v1")
+        .unwrap();
+    let daemon = DaemonProcess::start();
+    let repository = format!("{}/team/app", registry.host());
+    let reference = format!("{repository}:v1");
+    let digested_name = format!("{repository}@{}", image.manifest_digest);
+    let short_id = &hex(&image.config_digest)[..13];
+
+    let pulled = daemon.client("pull", &[&reference]);
+    pulled.assert_success();
+    assert_eq!(pulled.stdout, format!("{}\n", image.config_digest));
+    assert!(
+        pulled
+            .stderr
+            .starts_with(&format!("pulling {reference} ... done in ")),
+        "{pulled:#?}"
+    );
+
+    // The table: a header and one row per tag, with a 13-character id.
+    let table = daemon.client("images", &[]);
+    table.assert_success();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{table:#?}");
+    assert!(lines[0].starts_with("IMAGE "), "{table:#?}");
+    for column in ["TAG", "IMAGE ID", "SIZE"] {
+        assert!(lines[0].contains(column), "{table:#?}");
+    }
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        cells[..3],
+        [repository.as_str(), "v1", short_id],
+        "{table:#?}"
+    );
+    assert!(cells[3].ends_with('B'), "a human size: {table:#?}");
+    let with_digests = daemon.client("images", &["--digests"]);
+    with_digests.assert_success();
+    let cells: Vec<&str> = with_digests
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        cells[..4],
+        [
+            repository.as_str(),
+            "v1",
+            &hex(&image.manifest_digest)[..13],
+            short_id
+        ]
+    );
+
+    let quiet = daemon.client("images", &["-q"]);
+    quiet.assert_success();
+    assert_eq!(quiet.stdout, format!("{}\n", image.config_digest));
+
+    let listed = daemon.client("images", &["--output", "json"]);
+    listed.assert_success();
+    let listed = listed.json();
+    let images = listed.as_array().unwrap();
+    assert_eq!(images.len(), 1, "{listed:#}");
+    assert_eq!(images[0]["id"], image.config_digest.as_str());
+    assert_eq!(images[0]["repoTags"], serde_json::json!([reference]));
+    assert_eq!(images[0]["repoDigests"], serde_json::json!([digested_name]));
+    assert_eq!(images[0]["uid"], 1000);
+    assert_eq!(images[0]["username"], "");
+    assert_eq!(images[0]["pinned"], false);
+    assert!(images[0]["size"].as_u64().unwrap() > 0);
+
+    // inspect finds the image by tag, by digested name and by id prefix.
+    for name in [reference.as_str(), digested_name.as_str(), short_id] {
+        let inspected = daemon.client("inspect", &[name]);
+        inspected.assert_success();
+        let document = inspected.json();
+        assert_eq!(
+            document["image"]["id"],
+            image.config_digest.as_str(),
+            "{name}"
+        );
+        assert_eq!(document["image"], images[0], "{name}");
+        assert_eq!(document["info"]["state"], "ready", "{name}");
+        assert_eq!(document["info"]["imageId"], image.config_digest.as_str());
+    }
+    let inspected = daemon.client("inspect", &[&reference, "--output", "table"]);
+    inspected.assert_success();
+    let fields = key_values(&inspected.stdout);
+    assert!(
+        fields.contains(&vec!["ID:", image.config_digest.as_str()]),
+        "{inspected:#?}"
+    );
+    assert!(
+        fields.contains(&vec!["Repo", "tags:", reference.as_str()]),
+        "{inspected:#?}"
+    );
+    assert!(fields.contains(&vec!["State:", "ready"]), "{inspected:#?}");
+
+    let usage = daemon.client("fsinfo", &[]);
+    usage.assert_success();
+    let row: Vec<&str> = usage
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..2],
+        ["image", daemon.state().to_str().unwrap()],
+        "{usage:#?}"
+    );
+    assert!(row[3].starts_with('(') && row[4] == "bytes)", "{usage:#?}");
+    let usage = daemon.client("fsinfo", &["-o", "json"]);
+    usage.assert_success();
+    let usage = usage.json();
+    let filesystem = &usage["imageFilesystems"][0];
+    assert_eq!(filesystem["mountpoint"], daemon.state().to_str().unwrap());
+    assert!(filesystem["usedBytes"].as_u64().unwrap() > 0, "{usage:#}");
+    assert!(filesystem["inodesUsed"].as_u64().unwrap() > 0, "{usage:#}");
+    assert!(filesystem["timestamp"].as_i64().unwrap() > 0, "{usage:#}");
+    assert_eq!(usage["containerFilesystems"], serde_json::json!([]));
+
+    let version = daemon.client("version", &["--output", "json"]);
+    version.assert_success();
+    assert_eq!(
+        version.json(),
+        serde_json::json!({
+            "clientVersion": env!("CARGO_PKG_VERSION"),
+            "version": "0.1.0",
+            "runtimeName": "cri-imaged",
+            "runtimeVersion": env!("CARGO_PKG_VERSION"),
+            "runtimeApiVersion": "v1",
+        })
+    );
+    let version = daemon.client("version", &[]);
+    version.assert_success();
+    let fields = key_values(&version.stdout);
+    assert!(
+        fields.contains(&vec!["RuntimeName:", "cri-imaged"]),
+        "{version:#?}"
+    );
+    assert!(
+        fields.contains(&vec!["ClientVersion:", env!("CARGO_PKG_VERSION")]),
+        "{version:#?}"
+    );
+
+    let removed = daemon.client("rmi", &[&reference]);
+    removed.assert_success();
+    assert_eq!(removed.stdout, format!("Deleted: {reference}\n"));
+    let quiet = daemon.client("images", &["-q"]);
+    quiet.assert_success();
+    assert_eq!(quiet.stdout, "");
+
+    // RemoveImage is idempotent: removing an absent image succeeds, and says so.
+    let again = daemon.client("rmi", &[&reference]);
+    again.assert_success();
+    assert_eq!(again.stdout, "");
+    assert!(
+        again
+            .stderr
+            .contains(&format!("image {reference} not found")),
+        "{again:#?}"
+    );
+
+    // One bad name does not stop the others, but fails the command.
+    let mixed = daemon.client("rmi", &["Not A Reference!", &reference]);
+    assert_eq!(mixed.exit_code, Some(1), "{mixed:#?}");
+    assert!(
+        mixed.stderr.contains("cannot remove Not A Reference!: "),
+        "{mixed:#?}"
+    );
+    assert!(mixed.stderr.contains("InvalidArgument"), "{mixed:#?}");
+    assert!(
+        mixed
+            .stderr
+            .contains(&format!("image {reference} not found")),
+        "{mixed:#?}"
+    );
+
+    let absent = daemon.client("inspect", &[&reference]);
+    assert_eq!(absent.exit_code, Some(1), "{absent:#?}");
+    assert_eq!(absent.stdout, "");
+    assert!(
+        absent
+            .stderr
+            .contains(&format!("image {reference} not found")),
+        "{absent:#?}"
+    );
+}
+
+#[test]
+fn pull_with_a_password_from_stdin_or_an_auth_file() {
+    const PASSWORD: &str = "s3cret-password";
+    const WRONG_PASSWORD: &str = "wrong-password";
+    let registry = TestRegistry::start_with_htpasswd("alice", PASSWORD);
+    let image = app_image();
+    Pusher::new(&registry)
+        .push_image("private/app", &image, "v1")
+        .unwrap();
+    let daemon = DaemonProcess::start();
+    let reference = format!("{}/private/app:v1", registry.host());
+    let no_secret_printed = |run: &ClientRun| {
+        assert!(
+            !run.mentions(PASSWORD) && !run.mentions(WRONG_PASSWORD),
+            "{run:#?}"
+        );
+        assert!(!run.mentions(&basic(PASSWORD)) && !run.mentions(&basic(WRONG_PASSWORD)));
+    };
+
+    let anonymous = daemon.client("pull", &[&reference]);
+    assert_eq!(anonymous.exit_code, Some(1), "{anonymous:#?}");
+    assert!(
+        anonymous.stderr.contains("Unauthenticated"),
+        "{anonymous:#?}"
+    );
+    assert!(
+        anonymous.stderr.contains(" failed after "),
+        "{anonymous:#?}"
+    );
+
+    let wrong = daemon.client_with_stdin(
+        "pull",
+        &[&reference, "--user", "alice", "--password-stdin"],
+        &format!("{WRONG_PASSWORD}\n"),
+    );
+    assert_eq!(wrong.exit_code, Some(1), "{wrong:#?}");
+    assert_eq!(wrong.stdout, "");
+    assert!(wrong.stderr.contains("Unauthenticated"), "{wrong:#?}");
+    no_secret_printed(&wrong);
+
+    let right = daemon.client_with_stdin(
+        "pull",
+        &[&reference, "--user", "alice", "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    right.assert_success();
+    assert_eq!(right.stdout, format!("{}\n", image.config_digest));
+    no_secret_printed(&right);
+    daemon.client("rmi", &[&reference]).assert_success();
+
+    let empty = daemon.client_with_stdin(
+        "pull",
+        &[&reference, "--user", "alice", "--password-stdin"],
+        "\n",
+    );
+    assert_eq!(empty.exit_code, Some(1), "{empty:#?}");
+    assert!(
+        empty
+            .stderr
+            .contains("the password read from stdin is empty"),
+        "{empty:#?}"
+    );
+
+    // The password never comes from argv: there is no flag for it, and --user
+    // alone is a usage error.
+    for args in [
+        vec![reference.as_str(), "--user", "alice"],
+        vec![
+            reference.as_str(),
+            "--user",
+            "alice",
+            "--password",
+            PASSWORD,
+        ],
+    ] {
+        let refused = daemon.client("pull", &args);
+        assert_eq!(refused.exit_code, Some(2), "{refused:#?}");
+    }
+
+    let directory = tempfile::tempdir().unwrap();
+    let auth_file = directory.path().join("config.json");
+    let write_auth_file = |password: &str| {
+        let document = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"auth": basic("hub-password")},
+            format!("http://{}/v2/", registry.host()): {"auth": basic(password)},
+        }});
+        std::fs::write(&auth_file, document.to_string()).unwrap();
+    };
+    let auth_file_text = auth_file.to_str().unwrap();
+    write_auth_file(PASSWORD);
+    let from_file = daemon.client("pull", &[&reference, "--auth-file", auth_file_text]);
+    from_file.assert_success();
+    assert_eq!(from_file.stdout, format!("{}\n", image.config_digest));
+    no_secret_printed(&from_file);
+    daemon.client("rmi", &[&reference]).assert_success();
+
+    write_auth_file(WRONG_PASSWORD);
+    let wrong_in_file = daemon.client("pull", &[&reference, "--auth-file", auth_file_text]);
+    assert_eq!(wrong_in_file.exit_code, Some(1), "{wrong_in_file:#?}");
+    assert!(
+        wrong_in_file.stderr.contains("Unauthenticated"),
+        "{wrong_in_file:#?}"
+    );
+    no_secret_printed(&wrong_in_file);
+
+    // An entry for another registry only: a warning, then an anonymous pull.
+    std::fs::write(
+        &auth_file,
+        serde_json::json!({"auths": {"other.example": {"auth": basic(PASSWORD)}}}).to_string(),
+    )
+    .unwrap();
+    let no_entry = daemon.client("pull", &[&reference, "--auth-file", auth_file_text]);
+    assert_eq!(no_entry.exit_code, Some(1), "{no_entry:#?}");
+    assert!(
+        no_entry.stderr.contains(&format!(
+            "auth file {auth_file_text} has no entry for {}; pulling anonymously",
+            registry.host()
+        )),
+        "{no_entry:#?}"
+    );
+    no_secret_printed(&no_entry);
+
+    // A broken file is refused by name, before the daemon is asked.
+    std::fs::write(&auth_file, format!("{{\"auths\": {{\"x\": \"{PASSWORD}")).unwrap();
+    let broken = daemon.client("pull", &[&reference, "--auth-file", auth_file_text]);
+    assert_eq!(broken.exit_code, Some(1), "{broken:#?}");
+    assert!(
+        broken
+            .stderr
+            .contains(&format!("auth file {auth_file_text} is not valid JSON")),
+        "{broken:#?}"
+    );
+    no_secret_printed(&broken);
+
+    let log = daemon.log_text();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(WRONG_PASSWORD),
+        "a secret reached the log"
+    );
+    let listed = daemon.client("images", &["-q"]);
+    assert_eq!(listed.stdout, "");
+}
+
+#[test]
+fn a_socket_where_nothing_listens_fails_with_a_clear_message() {
+    let directory = tempfile::tempdir().unwrap();
+    let missing = directory.path().join("absent.sock");
+    // A socket file left behind by a daemon that is gone: connecting is refused.
+    let stale = directory.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for socket in [&missing, &stale] {
+        for (subcommand, args) in [
+            ("images", vec![]),
+            ("pull", vec!["docker.io/library/busybox:1.36"]),
+            ("inspect", vec!["busybox"]),
+            ("rmi", vec!["busybox"]),
+            ("fsinfo", vec![]),
+            ("version", vec![]),
+        ] {
+            let run = ClientRun::new(socket, subcommand, &args, None);
+            assert_eq!(run.exit_code, Some(1), "{run:#?}");
+            assert_eq!(run.stdout, "", "{run:#?}");
+            assert!(
+                run.stderr.contains(&format!(
+                    "cannot connect to cri-imaged at {}: is the daemon running?",
+                    socket.display()
+                )),
+                "{run:#?}"
+            );
+        }
+    }
+}
+
+/// The words of each line of a key-value listing.
+fn key_values(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect()
+}
+
+/// `base64("alice:<password>")`, the `auth` field of a Docker config.
+fn basic(password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+}
