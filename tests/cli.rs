@@ -4,71 +4,25 @@
 //! stderr and exit codes; secrets are checked never to appear in any of them.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 
+use crate::support::daemon_process::DaemonProcess;
 use crate::support::registry::{
     BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cri-imaged");
-const DAEMON_START_TIMEOUT_MS: u64 = 30_000;
 
-/// A daemon process with its own root, socket and hosts directory.
-struct DaemonProcess {
-    child: Child,
-    root: tempfile::TempDir,
-    socket: PathBuf,
-    log: PathBuf,
+/// The client subcommands, run against a test daemon.
+trait ClientOf {
+    fn client(&self, subcommand: &str, args: &[&str]) -> ClientRun;
+    fn client_with_stdin(&self, subcommand: &str, args: &[&str], stdin: &str) -> ClientRun;
 }
 
-impl DaemonProcess {
-    fn start() -> DaemonProcess {
-        let root = tempfile::tempdir().unwrap();
-        let socket = root.path().join("run/cri-imaged.sock");
-        let log = root.path().join("daemon.log");
-        let child = Command::new(BINARY)
-            .arg("serve")
-            .arg("--root")
-            .arg(root.path().join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--hosts-dir")
-            .arg(root.path().join("certs.d"))
-            .env("CRI_IMAGED_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = DaemonProcess {
-            child,
-            root,
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_millis(DAEMON_START_TIMEOUT_MS);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not listen: {}",
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn state(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
+impl ClientOf for DaemonProcess {
     /// Runs `cri-imaged SUBCOMMAND --socket <this daemon's> ARGS...`.
     fn client(&self, subcommand: &str, args: &[&str]) -> ClientRun {
         ClientRun::new(&self.socket, subcommand, args, None)
@@ -76,13 +30,6 @@ impl DaemonProcess {
 
     fn client_with_stdin(&self, subcommand: &str, args: &[&str], stdin: &str) -> ClientRun {
         ClientRun::new(&self.socket, subcommand, args, Some(stdin))
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

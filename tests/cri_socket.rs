@@ -2,83 +2,21 @@
 //! generated CRI clients (what the kubelet and crictl speak), pulling from the
 //! real Debian registry.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use cri_imaged::api::client;
 use cri_imaged::api::proto::runtime::v1 as cri;
 
+use crate::support::daemon_process::DaemonProcess;
 use crate::support::registry::{
     BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
 };
 
-/// A daemon process with its own root, socket and hosts directory.
-struct DaemonProcess {
-    child: Child,
-    root: tempfile::TempDir,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl DaemonProcess {
-    async fn start() -> DaemonProcess {
-        let root = tempfile::tempdir().unwrap();
-        let socket = root.path().join("run/cri-imaged.sock");
-        let log = root.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
-            .arg("serve")
-            .arg("--root")
-            .arg(root.path().join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--hosts-dir")
-            .arg(root.path().join("certs.d"))
-            .env("CRI_IMAGED_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = DaemonProcess {
-            child,
-            root,
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if client::runtime_client(&daemon.socket).await.is_ok() {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not listen: {}",
-                daemon.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn state(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
-    async fn images(
-        &self,
-    ) -> cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
-        client::image_client(&self.socket).await.unwrap()
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A CRI image client connected to `daemon`.
+async fn images_of(
+    daemon: &DaemonProcess,
+) -> cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
+    client::image_client(&daemon.socket).await.unwrap()
 }
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
@@ -119,7 +57,7 @@ fn list_paths(directory: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn version_and_status_answer_as_an_image_only_runtime() {
-    let daemon = DaemonProcess::start().await;
+    let daemon = DaemonProcess::start();
     let mut runtime = client::runtime_client(&daemon.socket).await.unwrap();
     let version = runtime
         .version(cri::VersionRequest {
@@ -186,8 +124,8 @@ async fn pull_list_status_remove_and_fs_info_over_the_socket() {
     let pusher = Pusher::new(&registry);
     pusher.push_image("team/app", &numeric, "v1").unwrap();
     pusher.push_image("team/named", &named, "v2").unwrap();
-    let daemon = DaemonProcess::start().await;
-    let mut images = daemon.images().await;
+    let daemon = DaemonProcess::start();
+    let mut images = images_of(&daemon).await;
 
     let before = images
         .image_fs_info(cri::ImageFsInfoRequest {})
@@ -372,8 +310,8 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
     Pusher::new(&registry)
         .push_image("private/app", &image, "v1")
         .unwrap();
-    let daemon = DaemonProcess::start().await;
-    let mut images = daemon.images().await;
+    let daemon = DaemonProcess::start();
+    let mut images = images_of(&daemon).await;
     let reference = format!("{}/private/app:v1", registry.host());
 
     let cases: Vec<(cri::PullImageRequest, tonic::Code, &str)> = vec![
@@ -506,7 +444,7 @@ async fn twenty_concurrent_pulls_of_one_image_download_it_once() {
     Pusher::new(&registry)
         .push_image("team/popular", &image, "v1")
         .unwrap();
-    let daemon = DaemonProcess::start().await;
+    let daemon = DaemonProcess::start();
     let reference = format!("{}/team/popular:v1", registry.host());
     let log_before = registry.log_text();
     let pulls: Vec<_> = (0..20)
