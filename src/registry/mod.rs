@@ -33,6 +33,9 @@ pub struct RegistryConfig {
     pub config_bytes_max: u64,
     pub token_response_bytes_max: u64,
     pub error_body_bytes_max: u64,
+    /// Headers in one response; a registry that sends more is refused (hyper
+    /// also bounds the bytes of a response head, 400 KiB).
+    pub response_headers_max: usize,
     pub redirects_max: usize,
     /// Retries of one request after a transient failure (connection error, 429, 5xx).
     pub retries_max: u32,
@@ -51,6 +54,7 @@ impl Default for RegistryConfig {
             config_bytes_max: 8 * 1024 * 1024,
             token_response_bytes_max: 1024 * 1024,
             error_body_bytes_max: 64 * 1024,
+            response_headers_max: 100,
             redirects_max: 10,
             retries_max: 4,
             retry_backoff_initial_ms: 200,
@@ -263,6 +267,7 @@ impl ClientInner {
             ))
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .read_timeout(Duration::from_millis(self.config.progress_timeout_ms))
+            .http1_max_headers(self.config.response_headers_max)
             .no_proxy();
         for ca_file in &endpoint.tls.ca_files {
             let pem = std::fs::read(ca_file).map_err(|error| {
