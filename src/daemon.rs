@@ -86,6 +86,14 @@ impl Daemon {
             metadata.clone(),
         )?);
         crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
+        let settings = PullSettings::default();
+        if !settings.unpack.privileged_whiteouts {
+            tracing::warn!(
+                "running without root: layers are unpacked with the unprivileged overlay \
+                 convention (user.overlay.* xattrs, mount with -o userxattr), owners are not \
+                 applied and device nodes are refused"
+            );
+        }
         let registry = RegistryClient::new(
             RegistryConfig::default(),
             Box::new(HostsDirectory::new(config.hosts_directory.clone())),
@@ -96,7 +104,7 @@ impl Daemon {
             snapshots,
             registry,
             pinned: PinnedImages::default(),
-            settings: PullSettings::default(),
+            settings,
             boot_id: boot_id.clone(),
         }));
         let listener = api::bind_socket(&config.socket)?;
