@@ -63,7 +63,7 @@ impl ConfinedRoot {
 
     /// Opens the directory at `relative` (components joined by `/`, no `.`,
     /// `..` or empty ones; empty for the root itself). `flags` adds to
-    /// `O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC`; pass `O_PATH` for a descriptor
+    /// `O_DIRECTORY | O_CLOEXEC`; pass `O_PATH` for a descriptor
     /// that only anchors `*at` calls, `O_RDONLY` to change the directory.
     pub(super) fn open_directory(
         &self,
@@ -82,7 +82,10 @@ pub(super) fn open_directory_beneath(
     relative: &[u8],
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
-    let flags = flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // No O_NOFOLLOW: with it, O_PATH would open a final symlink itself (and
+    // O_DIRECTORY then say ENOTDIR); without it RESOLVE_NO_SYMLINKS refuses
+    // every symlink, the last component included, with ELOOP.
+    let flags = flags | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut attempts = 0;
     loop {
         attempts += 1;

@@ -151,10 +151,11 @@ pub enum UnpackError {
         reason: String,
     },
     #[error(
-        "entry {entry_path:?}: {kind} of {size_bytes} bytes is larger than the limit of {limit_bytes} bytes"
+        "entry {entry_path:?} at byte {offset_bytes}: {kind} of {size_bytes} bytes is larger than the limit of {limit_bytes} bytes"
     )]
     ExtendedHeaderTooLarge {
         entry_path: String,
+        offset_bytes: u64,
         kind: &'static str,
         size_bytes: u64,
         limit_bytes: u64,

@@ -9,10 +9,11 @@
 //! means a duplicate entry, except that a directory entry over an existing
 //! directory only updates its attributes.
 //!
-//! Directory attributes (owner, mode, xattrs, mtime) are applied after all
-//! entries, deepest first, so that creating children does not move a parent's
-//! mtime and a read-only directory mode does not block its own children when
-//! unpacking without root. Opaque markers and the `userxattr` whiteout markers
+//! Directory owner, mode and mtime are applied after all entries, deepest
+//! first, so that creating children does not move a parent's mtime and a
+//! read-only directory mode does not block its own children when unpacking
+//! without root. The memory this takes is bounded by `entries_max` times
+//! `path_bytes_max`; directory xattrs are set at once so they are not held. Opaque markers and the `userxattr` whiteout markers
 //! are also set at the end, when every whiteout of a directory is known.
 
 use std::cmp::Reverse;
@@ -112,7 +113,6 @@ struct DeferredDirectory {
     uid: u32,
     gid: u32,
     mtime: Timestamp,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Where an xattr goes: an open file or directory, or a name in an open
@@ -233,13 +233,28 @@ impl<'o> Extractor<'o> {
                         return Err(filesystem_error(entry_path, "create directory", errno));
                     }
                 }
+                // Xattrs go on now (they move neither mtime nor permissions,
+                // and a directory's chown keeps them), so only a few fixed-size
+                // fields wait for `finish`.
+                if !entry.xattrs.is_empty() {
+                    let directory =
+                        confined_fs::open_directory_beneath(parent, name, OFlags::RDONLY)
+                            .map_err(|errno| parent_error(entry_path, errno))?;
+                    for (xattr_name, value) in &entry.xattrs {
+                        self.set_xattr(
+                            XattrTarget::Open(directory.as_fd()),
+                            xattr_name,
+                            value,
+                            entry_path,
+                        )?;
+                    }
+                }
                 self.deferred_directories.push(DeferredDirectory {
                     path: path.to_vec(),
                     mode: entry.mode,
                     uid: entry.uid,
                     gid: entry.gid,
                     mtime: entry.mtime,
-                    xattrs: entry.xattrs.clone(),
                 });
                 Ok(())
             }
@@ -536,8 +551,9 @@ impl<'o> Extractor<'o> {
             .map_err(|source| io_filesystem_error(entry_path, "set sparse file length", source))
     }
 
-    /// Owner, then mode (a chown clears setuid and setgid), then xattrs (a
-    /// chown also drops `security.capability`), then times.
+    /// Owner, then xattrs (a chown drops `security.capability`), then mode
+    /// (a chown clears setuid and setgid, and without root a mode without
+    /// owner write would forbid `user.*` xattrs), then times.
     fn apply_metadata_to_open(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -554,11 +570,11 @@ impl<'o> Extractor<'o> {
         } else {
             self.note_owner_skipped(entry.uid, entry.gid);
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
-            .map_err(|errno| filesystem_error(entry_path, "chmod", errno))?;
         for (xattr_name, value) in &entry.xattrs {
             self.set_xattr(XattrTarget::Open(fd), xattr_name, value, entry_path)?;
         }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+            .map_err(|errno| filesystem_error(entry_path, "chmod", errno))?;
         rustix::fs::futimens(fd, &timestamps(entry.mtime))
             .map_err(|errno| filesystem_error(entry_path, "set times", errno))
     }
@@ -585,6 +601,14 @@ impl<'o> Extractor<'o> {
         } else {
             self.note_owner_skipped(entry.uid, entry.gid);
         }
+        for (xattr_name, value) in &entry.xattrs {
+            self.set_xattr(
+                XattrTarget::Named { directory, name },
+                xattr_name,
+                value,
+                entry_path,
+            )?;
+        }
         if entry.kind != EntryKind::Symlink {
             // The name was just created by mknodat, so it is not a symlink.
             rustix::fs::chmodat(
@@ -594,14 +618,6 @@ impl<'o> Extractor<'o> {
                 AtFlags::empty(),
             )
             .map_err(|errno| filesystem_error(entry_path, "chmod", errno))?;
-        }
-        for (xattr_name, value) in &entry.xattrs {
-            self.set_xattr(
-                XattrTarget::Named { directory, name },
-                xattr_name,
-                value,
-                entry_path,
-            )?;
         }
         rustix::fs::utimensat(
             directory,
@@ -725,14 +741,6 @@ impl<'o> Extractor<'o> {
             }
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(directory.mode))
                 .map_err(|errno| filesystem_error(&directory.path, "chmod", errno))?;
-            for (xattr_name, value) in &directory.xattrs {
-                self.set_xattr(
-                    XattrTarget::Open(fd.as_fd()),
-                    xattr_name,
-                    value,
-                    &directory.path,
-                )?;
-            }
             rustix::fs::futimens(&fd, &timestamps(directory.mtime))
                 .map_err(|errno| filesystem_error(&directory.path, "set times", errno))?;
         }

@@ -165,12 +165,12 @@ impl<R: BufRead> TarStream<R> {
                 b'K' => "gnu long link",
                 _ => return self.finish_entry(&header, header_offset, header_path, extensions),
             };
-            let size_bytes = header
-                .entry_size()
+            let size_bytes = numeric_field(&header.as_old().size, || header.entry_size())
                 .map_err(|_| malformed(&header_path, header_offset, "invalid size field"))?;
             if size_bytes > self.limits.extended_header_bytes_max {
                 return Err(UnpackError::ExtendedHeaderTooLarge {
                     entry_path: echo_entry_path(&header_path),
+                    offset_bytes: header_offset,
                     kind: extension_kind,
                     size_bytes,
                     limit_bytes: self.limits.extended_header_bytes_max,
@@ -321,25 +321,26 @@ impl<R: BufRead> TarStream<R> {
         } else {
             Vec::new()
         };
-        let mode = header
-            .mode()
-            .map_err(|_| field_error("invalid mode field"))?
-            & 0o7777;
+        let mode = numeric_field(&header.as_old().mode, || header.mode().map(u64::from))
+            .map_err(|_| field_error("invalid mode field"))?;
+        // At most 0o7777 after the mask, so the cast keeps every bit.
+        let mode = (mode & 0o7777) as u32;
         let uid = match extensions.pax_uid {
             Some(uid) => uid,
-            None => header.uid().map_err(|_| field_error("invalid uid field"))?,
+            None => numeric_field(&header.as_old().uid, || header.uid())
+                .map_err(|_| field_error("invalid uid field"))?,
         };
         let gid = match extensions.pax_gid {
             Some(gid) => gid,
-            None => header.gid().map_err(|_| field_error("invalid gid field"))?,
+            None => numeric_field(&header.as_old().gid, || header.gid())
+                .map_err(|_| field_error("invalid gid field"))?,
         };
         let uid = u32::try_from(uid).map_err(|_| field_error("uid does not fit in 32 bits"))?;
         let gid = u32::try_from(gid).map_err(|_| field_error("gid does not fit in 32 bits"))?;
         let mtime = match extensions.pax_mtime {
             Some(mtime) => mtime,
             None => Timestamp {
-                seconds: header
-                    .mtime()
+                seconds: numeric_field(&header.as_old().mtime, || header.mtime())
                     .ok()
                     .and_then(|seconds| i64::try_from(seconds).ok())
                     .ok_or_else(|| field_error("invalid mtime field"))?,
@@ -348,23 +349,30 @@ impl<R: BufRead> TarStream<R> {
         };
         let (device_major, device_minor) =
             if matches!(kind, EntryKind::CharacterDevice | EntryKind::BlockDevice) {
-                (
+                // Bytes 329..337 and 337..345 in both ustar and GNU headers.
+                let major = numeric_field(&header.as_bytes()[329..337], || {
                     header
                         .device_major()
-                        .map_err(|_| field_error("invalid device major field"))?
-                        .unwrap_or(0),
+                        .map(|major| u64::from(major.unwrap_or(0)))
+                })
+                .ok()
+                .and_then(|major| u32::try_from(major).ok())
+                .ok_or_else(|| field_error("invalid device major field"))?;
+                let minor = numeric_field(&header.as_bytes()[337..345], || {
                     header
                         .device_minor()
-                        .map_err(|_| field_error("invalid device minor field"))?
-                        .unwrap_or(0),
-                )
+                        .map(|minor| u64::from(minor.unwrap_or(0)))
+                })
+                .ok()
+                .and_then(|minor| u32::try_from(minor).ok())
+                .ok_or_else(|| field_error("invalid device minor field"))?;
+                (major, minor)
             } else {
                 (0, 0)
             };
         let size_bytes = match extensions.pax_size {
             Some(size_bytes) => size_bytes,
-            None => header
-                .entry_size()
+            None => numeric_field(&header.as_old().size, || header.entry_size())
                 .map_err(|_| field_error("invalid size field"))?,
         };
         let sparse = if type_flag == b'S' {
@@ -419,6 +427,7 @@ impl<R: BufRead> TarStream<R> {
             if extension_bytes > self.limits.extended_header_bytes_max {
                 return Err(UnpackError::ExtendedHeaderTooLarge {
                     entry_path: echo_entry_path(path),
+                    offset_bytes: header_offset,
                     kind: "gnu sparse map",
                     size_bytes: extension_bytes,
                     limit_bytes: self.limits.extended_header_bytes_max,
@@ -623,6 +632,15 @@ fn checksum_matches(header: &tar::Header) -> bool {
     i64::from(stored) == unsigned_sum || i64::from(stored) == signed_sum
 }
 
+/// A numeric header field, where (as in Go's reader) a field of only NULs
+/// and spaces means 0; the `tar` crate would call it invalid.
+fn numeric_field(raw: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if raw.iter().all(|byte| *byte == 0 || *byte == b' ') {
+        return Ok(0);
+    }
+    parse()
+}
+
 fn push_sparse_regions(
     regions: &mut Vec<SparseRegion>,
     headers: &[tar::GnuSparseHeader],
@@ -767,18 +785,28 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        let cases: [(&[u8], Option<(i64, u32)>); 7] = [
-            (b"0", Some((0, 0))),
-            (b"12.5", Some((12, 500_000_000))),
-            (b"-1.5", Some((-2, 500_000_000))),
-            (b"-3", Some((-3, 0))),
-            (b"1.1234567899", Some((1, 123_456_789))),
+        let time = |seconds, nanoseconds| {
+            Some(Timestamp {
+                seconds,
+                nanoseconds,
+            })
+        };
+        let cases: [(&[u8], Option<Timestamp>); 7] = [
+            (b"0", time(0, 0)),
+            (b"12.5", time(12, 500_000_000)),
+            (b"-1.5", time(-2, 500_000_000)),
+            (b"-3", time(-3, 0)),
+            (b"1.1234567899", time(1, 123_456_789)),
             (b"1.x", None),
             (b"", None),
         ];
         for (text, expected) in cases {
-            let parsed = parse_pax_time(text).map(|time| (time.seconds, time.nanoseconds));
-            assert_eq!(parsed, expected, "{:?}", String::from_utf8_lossy(text));
+            assert_eq!(
+                parse_pax_time(text),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
         }
     }
 
@@ -812,5 +840,48 @@ mod tests {
         assert!(stream.next_entry().expect("end").is_none());
         let rest = stream.drain_to_end().expect("drain");
         assert!(rest.is_empty());
+    }
+    #[test]
+    fn header_only_entries_carry_no_data_and_global_headers_are_skipped() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("comment", &b"global"[..])])
+            .expect("pax");
+        // Turn that local PAX header into a global one.
+        let mut archive = builder.into_inner().expect("finish");
+        archive[156] = b'g';
+        let mut header = tar::Header::from_byte_slice(&archive[..512]).clone();
+        header.set_cksum();
+        archive[..512].copy_from_slice(header.as_bytes());
+        archive.truncate(archive.len() - 1024);
+
+        // A symlink whose size field says 512: Go's reader (and so this one)
+        // reads no data for it, so the next block is the next header.
+        let mut symlink = tar::Header::new_gnu();
+        symlink.set_entry_type(tar::EntryType::Symlink);
+        symlink.set_path("link").expect("path");
+        symlink.set_link_name("target").expect("link");
+        symlink.set_size(512);
+        symlink.set_cksum();
+        archive.extend_from_slice(symlink.as_bytes());
+        let mut file = tar::Header::new_gnu();
+        file.set_path("file").expect("path");
+        file.set_size(3);
+        file.set_cksum();
+        archive.extend_from_slice(file.as_bytes());
+        archive.extend_from_slice(b"abc");
+        archive.resize(archive.len() + 509 + 1024, 0);
+
+        let mut stream = TarStream::new(&archive[..], LIMITS);
+        let link = stream.next_entry().expect("link").expect("an entry");
+        assert_eq!(
+            (link.kind, link.path.as_slice()),
+            (EntryKind::Symlink, &b"link"[..])
+        );
+        assert!(stream.fill_data().expect("no data").is_empty());
+        let file = stream.next_entry().expect("file").expect("an entry");
+        assert_eq!(file.path, b"file");
+        assert_eq!(stream.fill_data().expect("data"), b"abc");
+        assert!(stream.next_entry().expect("end").is_none());
     }
 }

@@ -406,7 +406,7 @@ fn duplicate_regular_file() {
     let sandbox = Sandbox::new();
     let layer = LayerBuilder::new()
         .file("dup", b"first")
-        .file("./dup", b"second")
+        .raw(tar::EntryType::Regular, b"./dup", b"", b"second")
         .finish();
     let error = reject(&sandbox, &layer, &privileged());
     assert!(
@@ -436,7 +436,9 @@ fn enormous_pax_header() {
         ),
         "{error}"
     );
-    assert!(error.to_string().contains("PaxHeader"), "{error}");
+    // The header describes an entry that comes after it, so the error can
+    // only name the header itself (empty here) and its offset.
+    assert!(error.to_string().contains("at byte 0"), "{error}");
 }
 
 #[test]

@@ -237,7 +237,7 @@ impl Sandbox {
         unpack_layer(layer, LayerCompression::None, &self.root(), options)
     }
 
-    /// Everything in the parent except the target directory's contents:
+    /// Everything in the parent except the target directory and its contents:
     /// type, mode, owner, size, mtime, content or link target, and xattrs.
     pub(super) fn outside_listing(&self) -> BTreeMap<PathBuf, String> {
         let mut listing = BTreeMap::new();
@@ -252,6 +252,10 @@ impl Sandbox {
 }
 
 fn describe_tree(base: &Path, path: &Path, skip: &Path, listing: &mut BTreeMap<PathBuf, String>) {
+    // The target directory's own mtime moves as entries are created in it.
+    if path == skip {
+        return;
+    }
     let metadata = fs::symlink_metadata(path).expect("lstat");
     let file_type = metadata.file_type();
     let content = if file_type.is_file() {
@@ -276,7 +280,7 @@ fn describe_tree(base: &Path, path: &Path, skip: &Path, listing: &mut BTreeMap<P
         path.strip_prefix(base).expect("inside").to_owned(),
         description,
     );
-    if file_type.is_dir() && path != skip {
+    if file_type.is_dir() {
         for child in fs::read_dir(path).expect("read dir") {
             describe_tree(base, &child.expect("dir entry").path(), skip, listing);
         }
