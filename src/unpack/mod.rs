@@ -33,7 +33,6 @@
 //! No file is fsynced here: the caller syncs the finished snapshot once with
 //! [`sync_filesystem_of`] (`syncfs`), which is far cheaper than a sync per file.
 
-mod chain_id;
 mod confined_fs;
 mod decompress;
 mod tar_entries;
@@ -44,8 +43,6 @@ mod tests;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-
-pub use chain_id::chain_ids;
 
 use crate::oci::manifest::LayerCompression;
 use crate::reference::{Digest, DigestAlgorithm, DigestHasher};
