@@ -6,12 +6,11 @@
 //! exact offset received, which the next pull resumes with a `Range` request
 //! the proxy saw.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cri_imaged::content_store::{BlobPaths, ContentError, ContentLimits, ContentStore};
+use cri_imaged::content_store::{BlobPaths, ContentError};
 use cri_imaged::image_service::fetch::{FetchError, FetchLimits, FetchedImage, fetch_image};
-use cri_imaged::metadata::{Ingest, Lease, LeaseResource, MetadataStore};
+use cri_imaged::metadata::{Ingest, LeaseResource};
 use cri_imaged::oci::manifest::ManifestError;
 use cri_imaged::oci::platform::Platform;
 use cri_imaged::reference::{Digest, ImageReference};
@@ -22,52 +21,20 @@ use cri_imaged::registry::{
 };
 
 use crate::support::fault_proxy::{Fault, FaultProxy, FaultRule};
+use crate::support::pull_node::{LEASE, Node};
 use crate::support::registry::image_builder::sha256_digest;
 use crate::support::registry::{
     BuiltImage, BuiltLayer, Compression, ImageBuilder, LayerBuilder, ManifestFormat, Pusher,
     RegistryAuth, RegistryOptions, TestRegistry, TokenServer,
 };
 
-const LEASE: &str = "test-pull";
 const REPOSITORY: &str = "faults/app";
 const TAG: &str = "v1";
 /// Bytes of the big layer a mid-body fault lets through.
 const CUT_BYTES: usize = 100_000;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// A daemon-side store: metadata, content, a lease to pull under.
-struct Node {
-    _root: tempfile::TempDir,
-    metadata: Arc<MetadataStore>,
-    content: ContentStore,
-}
-
 impl Node {
-    fn new() -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let (metadata, _) = MetadataStore::open(&root.path().join("metadata.redb")).unwrap();
-        let metadata = Arc::new(metadata);
-        let lease = Lease {
-            id: LEASE.to_owned(),
-            created_unix_ms: 0,
-            expires_unix_ms: u64::MAX,
-            boot_id: "test".to_owned(),
-            labels: Default::default(),
-        };
-        metadata.write(|txn| txn.put_lease(&lease)).unwrap();
-        let content = ContentStore::open(
-            root.path().join("content"),
-            metadata.clone(),
-            ContentLimits::default(),
-        )
-        .unwrap();
-        Node {
-            _root: root,
-            metadata,
-            content,
-        }
-    }
-
     async fn pull(
         &self,
         client: &RegistryClient,
@@ -85,32 +52,6 @@ impl Node {
             limits,
         )
         .await
-    }
-
-    /// Every blob of `image` is stored byte for byte and recorded.
-    fn assert_holds(&self, image: &BuiltImage) {
-        let read = self.metadata.read().unwrap();
-        let stored = [
-            (&image.manifest_digest, &image.manifest_bytes),
-            (&image.config_digest, &image.config_bytes),
-        ]
-        .into_iter()
-        .chain(
-            image
-                .layers
-                .iter()
-                .map(|layer| (&layer.digest, &layer.bytes)),
-        );
-        for (digest, bytes) in stored {
-            let digest = digest_of(digest);
-            assert_eq!(
-                &std::fs::read(self.content.paths().blob(&digest)).unwrap(),
-                bytes,
-                "blob {digest}"
-            );
-            assert!(read.blob(&digest).unwrap().is_some(), "record of {digest}");
-        }
-        assert!(read.ingests().unwrap().is_empty(), "no ingest is left");
     }
 
     /// Nothing at all was stored: no record, no file, no partial file.

@@ -4,11 +4,8 @@
 //! hosts configured through `certs.d`, mirrors, and registries that misbehave.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use cri_imaged::content_store::{ContentLimits, ContentStore};
 use cri_imaged::image_service::fetch::{FetchError, FetchLimits, FetchedImage, fetch_image};
-use cri_imaged::metadata::{Lease, MetadataStore};
 use cri_imaged::oci::platform::Platform;
 use cri_imaged::reference::ImageReference;
 use cri_imaged::registry::hosts::HostsDirectory;
@@ -17,47 +14,14 @@ use cri_imaged::registry::{
     RegistryCredentials, RegistryError,
 };
 
+use crate::support::pull_node::{LEASE, Node};
 use crate::support::registry::{
     BuiltImage, Compression, ImageBuilder, IndexBuilder, LayerBuilder, ManifestFormat,
     Platform as TestPlatform, Pusher, RepositoryAccess, TestCertificates, TestRegistry,
     TokenServer,
 };
 
-const LEASE: &str = "test-pull";
-
-/// A daemon-side store: metadata, content, a lease to pull under.
-struct Node {
-    _root: tempfile::TempDir,
-    metadata: Arc<MetadataStore>,
-    content: ContentStore,
-}
-
 impl Node {
-    fn new() -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let (metadata, _) = MetadataStore::open(&root.path().join("metadata.redb")).unwrap();
-        let metadata = Arc::new(metadata);
-        let lease = Lease {
-            id: LEASE.to_owned(),
-            created_unix_ms: 0,
-            expires_unix_ms: u64::MAX,
-            boot_id: "test".to_owned(),
-            labels: Default::default(),
-        };
-        metadata.write(|txn| txn.put_lease(&lease)).unwrap();
-        let content = ContentStore::open(
-            root.path().join("content"),
-            metadata.clone(),
-            ContentLimits::default(),
-        )
-        .unwrap();
-        Node {
-            _root: root,
-            metadata,
-            content,
-        }
-    }
-
     async fn pull_with(
         &self,
         client: &RegistryClient,
@@ -76,25 +40,6 @@ impl Node {
             &FetchLimits::default(),
         )
         .await
-    }
-
-    /// Every blob of `image` is stored byte for byte and recorded.
-    fn assert_holds(&self, image: &BuiltImage) {
-        let read = self.metadata.read().unwrap();
-        for layer in &image.layers {
-            let digest = cri_imaged::reference::Digest::parse(&layer.digest).unwrap();
-            assert_eq!(
-                std::fs::read(self.content.paths().blob(&digest)).unwrap(),
-                layer.bytes,
-                "layer {}",
-                layer.digest
-            );
-            assert!(read.blob(&digest).unwrap().is_some());
-        }
-        for digest in [&image.manifest_digest, &image.config_digest] {
-            let digest = cri_imaged::reference::Digest::parse(digest).unwrap();
-            assert!(read.blob(&digest).unwrap().is_some(), "{digest}");
-        }
     }
 
     fn blob_count(&self) -> u64 {

@@ -6,6 +6,7 @@
 
 pub mod daemon_process;
 pub mod fault_proxy;
+pub mod pull_node;
 pub mod registry;
 
 use std::collections::BTreeMap;
