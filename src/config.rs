@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub root: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub hosts_directory: Option<PathBuf>,
+    /// Pulls running at once (0 = unlimited, 1 = the kubelet's serialized mode).
+    pub pulls_max: Option<usize>,
 }
 
 /// Validated settings.
@@ -22,6 +24,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// containerd-compatible `certs.d` directory of registry hosts.
     pub hosts_directory: PathBuf,
+    /// Pulls running at once; 0 means no limit.
+    pub pulls_max: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,7 @@ impl Config {
             root,
             socket,
             hosts_directory,
+            pulls_max: raw.pulls_max.unwrap_or(0),
         })
     }
 
@@ -167,6 +172,7 @@ mod tests {
             root: Some(PathBuf::from("/srv/images")),
             socket: Some(PathBuf::from("/tmp/x.sock")),
             hosts_directory: Some(PathBuf::from("/etc/x/certs.d")),
+            pulls_max: Some(1),
         })
         .unwrap();
         assert_eq!(
@@ -178,5 +184,6 @@ mod tests {
             PathBuf::from("/srv/images/content")
         );
         assert_eq!(config.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(config.pulls_max, 1);
     }
 }

@@ -86,7 +86,8 @@ impl Daemon {
             metadata.clone(),
         )?);
         crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
-        let settings = PullSettings::default();
+        let mut settings = PullSettings::default();
+        settings.limits.pulls_max = config.pulls_max;
         if !settings.unpack.privileged_whiteouts {
             tracing::warn!(
                 "running without root: layers are unpacked with the unprivileged overlay \

@@ -39,6 +39,10 @@ enum Command {
         /// containerd-compatible certs.d directory (default: /etc/cri-imaged/certs.d as root).
         #[arg(long = "hosts-dir")]
         hosts_directory: Option<PathBuf>,
+        /// Pulls running at once: 0 = unlimited (default), 1 = one at a time
+        /// (the kubelet's serialized mode).
+        #[arg(long = "pulls-max")]
+        pulls_max: Option<usize>,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -53,10 +57,12 @@ fn main() -> anyhow::Result<ExitCode> {
             root,
             socket,
             hosts_directory,
+            pulls_max,
         } => serve(RawConfig {
             root,
             socket,
             hosts_directory,
+            pulls_max,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Client(command) => run_client(command),

@@ -480,3 +480,69 @@ async fn twenty_concurrent_pulls_of_one_image_download_it_once() {
         );
     }
 }
+
+/// Pulls image `a` (whose layer the proxy holds back for a second) and image
+/// `b` at the same time; returns whether `b` finished before `a`.
+async fn b_finishes_first(pulls_max: &str) -> bool {
+    use crate::support::fault_proxy::{Fault, FaultProxy, FaultRule};
+    let registry = TestRegistry::start();
+    let slow = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("slow", b"slow")
+                .build(Compression::Gzip),
+        )
+        .build();
+    let fast = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("fast", b"fast")
+                .build(Compression::Gzip),
+        )
+        .build();
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("order/a", &slow, "v1").unwrap();
+    pusher.push_image("order/b", &fast, "v1").unwrap();
+    let proxy = FaultProxy::in_front_of(&registry);
+    proxy.add_rule(FaultRule::new(
+        "GET",
+        &format!("/blobs/{}", slow.layers[0].digest),
+        Fault::StallBody {
+            after_bytes: 0,
+            duration: std::time::Duration::from_millis(1500),
+        },
+    ));
+    let daemon = DaemonProcess::start_with(&["--pulls-max", pulls_max]);
+    let pull = |name: &'static str| {
+        let socket = daemon.socket.clone();
+        let reference = format!("{}/order/{name}:v1", proxy.host());
+        tokio::spawn(async move {
+            let mut images = client::image_client(&socket).await.unwrap();
+            images
+                .pull_image(cri::PullImageRequest {
+                    image: spec(&reference),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            std::time::Instant::now()
+        })
+    };
+    let a = pull("a");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let b = pull("b");
+    let (a_done, b_done) = (a.await.unwrap(), b.await.unwrap());
+    b_done < a_done
+}
+
+#[tokio::test]
+async fn serialized_mode_runs_one_pull_at_a_time_and_the_default_does_not() {
+    assert!(
+        !b_finishes_first("1").await,
+        "with --pulls-max 1 the second pull waited for the first"
+    );
+    assert!(
+        b_finishes_first("0").await,
+        "without a limit the second pull overtook the stalled one"
+    );
+}

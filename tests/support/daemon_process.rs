@@ -19,6 +19,11 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts the daemon and waits until its socket accepts connections.
     pub fn start() -> DaemonProcess {
+        Self::start_with(&[])
+    }
+
+    /// Like [`DaemonProcess::start`], with extra `serve` flags.
+    pub fn start_with(extra_arguments: &[&str]) -> DaemonProcess {
         let root = tempfile::tempdir().unwrap();
         let socket = root.path().join("run/cri-imaged.sock");
         let log = root.path().join("daemon.log");
@@ -30,6 +35,7 @@ impl DaemonProcess {
             .arg(&socket)
             .arg("--hosts-dir")
             .arg(root.path().join("certs.d"))
+            .args(extra_arguments)
             .env("CRI_IMAGED_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
