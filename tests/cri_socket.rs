@@ -546,3 +546,61 @@ async fn serialized_mode_runs_one_pull_at_a_time_and_the_default_does_not() {
         "without a limit the second pull overtook the stalled one"
     );
 }
+
+#[tokio::test]
+async fn sigterm_during_a_pull_lets_it_finish_then_exits_zero() {
+    use crate::support::fault_proxy::{Fault, FaultProxy, FaultRule};
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("slow", b"slow")
+                .build(Compression::Gzip),
+        )
+        .build();
+    Pusher::new(&registry)
+        .push_image("term/app", &image, "v1")
+        .unwrap();
+    let proxy = FaultProxy::in_front_of(&registry);
+    proxy.add_rule(FaultRule::new(
+        "GET",
+        &format!("/blobs/{}", image.layers[0].digest),
+        Fault::StallBody {
+            after_bytes: 0,
+            duration: std::time::Duration::from_millis(1500),
+        },
+    ));
+    let mut daemon = DaemonProcess::start();
+    let reference = format!("{}/term/app:v1", proxy.host());
+    let socket = daemon.socket.clone();
+    let pull = tokio::spawn(async move {
+        let mut images = client::image_client(&socket).await.unwrap();
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec(&reference),
+                ..Default::default()
+            })
+            .await
+            .map(|response| response.into_inner().image_ref)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let killed = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let pulled = pull.await.unwrap();
+    assert_eq!(
+        pulled.unwrap(),
+        image.config_digest,
+        "the pull in flight finished"
+    );
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "exit {status}: {}", daemon.log_text());
+    assert!(daemon.log_text().contains("shutting down"));
+    assert!(
+        !daemon.socket.exists(),
+        "the socket is removed on a clean exit"
+    );
+}
