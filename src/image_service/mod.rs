@@ -179,22 +179,6 @@ impl ImageService {
         }
     }
 
-    pub fn snapshots(&self) -> &Arc<SnapshotStore> {
-        &self.snapshots
-    }
-
-    pub fn metadata(&self) -> &Arc<MetadataStore> {
-        &self.metadata
-    }
-
-    pub fn content(&self) -> &Arc<ContentStore> {
-        &self.content
-    }
-
-    pub fn registry(&self) -> &RegistryClient {
-        &self.registry
-    }
-
     /// Every ready image, or only the one `filter` names.
     pub fn list_images(&self, filter: Option<&str>) -> Result<Vec<ImageView>, ServiceError> {
         if let Some(filter) = filter.filter(|filter| !filter.is_empty()) {

@@ -6,8 +6,6 @@
 //! Derived tables (the reverse name index, the state index) are only ever
 //! written here, next to the table they index.
 
-use redb::ReadableMultimapTable;
-
 use crate::metadata::error::MetadataError;
 use crate::metadata::model::{Blob, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot};
 use crate::metadata::read;
@@ -398,14 +396,5 @@ impl WriteTxn {
             .remove(key)
             .map_err(Storage::storage("remove ingest"))?
             .is_some())
-    }
-
-    /// Whether any name index entry still exists for `id` (used by tests of removal).
-    pub fn has_names(&self, id: &Digest) -> Result<bool, MetadataError> {
-        let index = self.multimap(IMAGE_NAMES)?;
-        let mut values = index
-            .get(id.as_str())
-            .map_err(Storage::storage("read image names"))?;
-        Ok(values.next().is_some())
     }
 }

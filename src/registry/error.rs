@@ -71,12 +71,6 @@ pub enum RegistryError {
     TokenResponseInvalid { realm: String, detail: String },
     #[error("registry {registry} sent an invalid authentication challenge: {detail}")]
     InvalidChallenge { registry: String, detail: String },
-    #[error("registry {registry} sent a manifest of unusable type {media_type:?} for {reference}")]
-    UnusableManifestType {
-        registry: String,
-        reference: String,
-        media_type: String,
-    },
     #[error("registry {registry}: {detail}")]
     InvalidResponse { registry: String, detail: String },
     #[error("cannot set up the http client for registry {registry}: {detail}")]

@@ -71,16 +71,6 @@ pub struct PreparedSnapshot {
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl PreparedSnapshot {
-    pub fn reused(&self) -> bool {
-        self.unpacked.is_none()
-    }
-
-    pub fn layer(&self) -> &LayerSnapshot {
-        &self.layer
-    }
-}
-
 impl Drop for PreparedSnapshot {
     fn drop(&mut self) {
         if let Some((directory, _)) = self.unpacked.take()
