@@ -3,6 +3,7 @@
 //! Status) on a unix socket, translates requests into `image_service` calls and
 //! the answers back, and maps errors to status codes in one place (`status`).
 
+mod admin;
 pub mod client;
 mod convert;
 mod image_service;
@@ -65,12 +66,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
     let images = proto::runtime::v1::image_service_server::ImageServiceServer::new(
-        image_service::CriImageService::new(service),
+        image_service::CriImageService::new(service.clone()),
     )
     .max_decoding_message_size(16 * 1024 * 1024)
     .max_encoding_message_size(16 * 1024 * 1024);
+    let admin = proto::cri_imaged::admin::v1::admin_service_server::AdminServiceServer::new(
+        admin::AdminApi::new(service.clone()),
+    );
     tonic::transport::Server::builder()
         .add_service(images)
+        .add_service(admin)
         .add_service(runtime_service::RuntimeServiceRouter::new())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
