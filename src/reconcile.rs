@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::image_service::mount::is_mount_lease;
 use crate::metadata::{
     ImageState, Lease, LeaseResource, MetadataError, MetadataStore, SnapshotState,
 };
@@ -57,7 +58,9 @@ pub fn reconcile(
         let read_leases: Vec<Lease> = txn
             .leases()?
             .into_iter()
-            .filter(|lease| lease.boot_id != boot_id)
+            // A mount lease outlives the daemon run that took it, as the
+            // kernel mount does; `cri-imaged unmount` ends it.
+            .filter(|lease| lease.boot_id != boot_id && !is_mount_lease(lease))
             .collect();
         let mut kept: Vec<LeaseResource> = Vec::new();
         for lease in &read_leases {

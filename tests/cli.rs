@@ -478,3 +478,123 @@ fn key_values(text: &str) -> Vec<Vec<&str>> {
 fn basic(password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
 }
+
+/// Whether the kernel's mount table has something mounted on `target`.
+fn is_mount_point(target: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let target = target.display().to_string();
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
+}
+
+#[test]
+fn mount_shows_the_merged_read_only_root_and_unmount_releases_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("mount test: not root, nothing mounted");
+        return;
+    }
+    let registry = TestRegistry::start();
+    let layered = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("etc/os-release", b"NAME=base\n")
+                .file("dir/gone", b"whited out above\n")
+                .file("dir/kept", b"kept\n")
+                .file("opaque/hidden", b"hidden by the opaque marker\n")
+                .build(Compression::Gzip),
+        )
+        .layer(
+            LayerBuilder::new()
+                .whiteout("dir/gone")
+                .opaque_whiteout("opaque")
+                .file("opaque/new", b"new\n")
+                .build(Compression::Zstd),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("etc/os-release", b"NAME=top\n")
+                .build(Compression::None),
+        )
+        .build();
+    let single = app_image();
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("team/layered", &layered, "v1").unwrap();
+    pusher.push_image("team/single", &single, "v1").unwrap();
+    let daemon = DaemonProcess::start();
+    let layered_ref = format!("{}/team/layered:v1", registry.host());
+    let single_ref = format!("{}/team/single:v1", registry.host());
+    daemon.client("pull", &[&layered_ref]).assert_success();
+    daemon.client("pull", &[&single_ref]).assert_success();
+
+    let mount_point = tempfile::tempdir().unwrap();
+    let target = mount_point.path().canonicalize().unwrap();
+    let target_text = target.display().to_string();
+    let mounted = daemon.client("mount", &["--output", "json", &layered_ref, &target_text]);
+    mounted.assert_success();
+    let description = mounted.json();
+    assert_eq!(description["imageId"], layered.config_digest.as_str());
+    assert_eq!(description["lowerDirs"].as_array().unwrap().len(), 3);
+    assert!(is_mount_point(&target), "{mounted:#?}");
+    // The merged view: the top layer wins, whiteouts and the opaque
+    // directory hide lower content.
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/os-release")).unwrap(),
+        "NAME=top\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("dir/kept")).unwrap(),
+        "kept\n"
+    );
+    assert!(!target.join("dir/gone").exists());
+    let mut opaque: Vec<String> = std::fs::read_dir(target.join("opaque"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    opaque.sort();
+    assert_eq!(opaque, ["new"]);
+    // Read-only: a write fails with EROFS.
+    let write = std::fs::write(target.join("etc/os-release"), b"changed");
+    assert_eq!(write.unwrap_err().raw_os_error(), Some(libc_erofs()));
+    // unmount takes the mount away and ends the lease.
+    let unmounted = daemon.client("unmount", &[&target_text]);
+    unmounted.assert_success();
+    assert!(!is_mount_point(&target), "{unmounted:#?}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    // The lease is gone: a second unmount says there was none.
+    let again = daemon.client("unmount", &[&target_text]);
+    again.assert_success();
+    assert!(again.stderr.contains("had no mount lease"), "{again:#?}");
+
+    // One layer: a read-only bind mount of the snapshot.
+    daemon
+        .client("mount", &[&single_ref, &target_text])
+        .assert_success();
+    assert!(is_mount_point(&target));
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/os-release")).unwrap(),
+        "NAME=cli\n"
+    );
+    let write = std::fs::write(target.join("new-file"), b"x");
+    assert_eq!(write.unwrap_err().raw_os_error(), Some(libc_erofs()));
+    daemon.client("unmount", &[&target_text]).assert_success();
+    assert!(!is_mount_point(&target));
+
+    // Errors name what was wrong and mount nothing.
+    let missing = daemon.client("mount", &["team/absent:v9", &target_text]);
+    assert_eq!(missing.exit_code, Some(1), "{missing:#?}");
+    assert!(missing.stderr.contains("NotFound"), "{missing:#?}");
+    assert!(missing.stderr.contains("team/absent:v9"), "{missing:#?}");
+    let no_directory = daemon.client("mount", &[&single_ref, "/nonexistent/mount/point"]);
+    assert_eq!(no_directory.exit_code, Some(1), "{no_directory:#?}");
+    assert!(
+        no_directory.stderr.contains("/nonexistent/mount/point"),
+        "{no_directory:#?}"
+    );
+    assert!(!is_mount_point(&target));
+}
+
+/// EROFS on Linux.
+fn libc_erofs() -> i32 {
+    rustix::io::Errno::ROFS.raw_os_error()
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::api::client;
+use crate::api::proto::cri_imaged::admin::v1 as admin;
+use crate::api::proto::cri_imaged::admin::v1::admin_service_client::AdminServiceClient;
 use crate::api::proto::runtime::v1 as cri;
 use crate::api::proto::runtime::v1::image_service_client::ImageServiceClient;
 use crate::cli::error::CliError;
@@ -93,6 +95,54 @@ impl ImageServiceConnection {
             "ImageFsInfo",
             &self.socket,
             self.client.image_fs_info(request),
+        )
+        .await
+    }
+}
+
+/// A connection to the daemon's own `cri_imaged.admin.v1.AdminService`.
+pub struct AdminConnection {
+    socket: PathBuf,
+    client: AdminServiceClient<tonic::transport::Channel>,
+}
+
+impl AdminConnection {
+    pub async fn open(socket: &Path) -> Result<AdminConnection, CliError> {
+        let client = connect_within_limit(socket, client::admin_client(socket)).await?;
+        Ok(AdminConnection {
+            socket: socket.to_path_buf(),
+            client,
+        })
+    }
+
+    pub async fn prepare_mount(
+        &mut self,
+        image: &str,
+        target: &Path,
+    ) -> Result<admin::PrepareMountResponse, CliError> {
+        let request = admin::PrepareMountRequest {
+            image: Some(image_spec(image)),
+            target: target.display().to_string(),
+        };
+        call_within_limit(
+            "PrepareMount",
+            &self.socket,
+            self.client.prepare_mount(request),
+        )
+        .await
+    }
+
+    pub async fn release_mount(
+        &mut self,
+        target: &Path,
+    ) -> Result<admin::ReleaseMountResponse, CliError> {
+        let request = admin::ReleaseMountRequest {
+            target: target.display().to_string(),
+        };
+        call_within_limit(
+            "ReleaseMount",
+            &self.socket,
+            self.client.release_mount(request),
         )
         .await
     }

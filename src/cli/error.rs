@@ -51,6 +51,25 @@ pub enum CliError {
     AuthFile(#[from] AuthFileError),
     #[error("cannot write to stdout: {0}")]
     WriteOutput(#[source] std::io::Error),
+    #[error("mount target {}: {source}", target.display())]
+    MountTarget {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot mount image {image} on {}: {source}", target.display())]
+    Mount {
+        image: String,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unmount {}: {source}", target.display())]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {

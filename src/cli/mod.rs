@@ -1,5 +1,5 @@
 //! The client subcommands of the `cri-imaged` binary (`pull`, `images`,
-//! `inspect`, `rmi`, `fsinfo`, `version`): each parses its flags, talks to a
+//! `inspect`, `rmi`, `fsinfo`, `version`, `mount`, `unmount`): each parses its flags, talks to a
 //! running daemon over its unix socket with the same generated CRI clients the
 //! kubelet's client mirrors, and prints the answer. Results go to stdout, in a
 //! crictl-like table or as JSON; progress and errors go to stderr. No secret
@@ -16,6 +16,7 @@ mod fsinfo;
 mod human_format;
 mod images;
 mod inspect;
+mod mount;
 mod pull;
 mod rmi;
 mod table;
@@ -29,6 +30,7 @@ pub use error::{AuthFileError, CliError};
 pub use fsinfo::FsinfoArgs;
 pub use images::ImagesArgs;
 pub use inspect::InspectArgs;
+pub use mount::{MountArgs, UnmountArgs};
 pub use pull::PullArgs;
 pub use rmi::RmiArgs;
 pub use version::VersionArgs;
@@ -49,6 +51,10 @@ pub enum ClientCommand {
     Fsinfo(FsinfoArgs),
     /// Show the client's and the daemon's versions.
     Version(VersionArgs),
+    /// Mount an image's root filesystem read-only on a directory.
+    Mount(MountArgs),
+    /// Unmount what `mount` mounted and release the image.
+    Unmount(UnmountArgs),
 }
 
 /// Where the daemon listens; every client subcommand takes it.
@@ -80,6 +86,8 @@ pub async fn run(command: ClientCommand) -> Result<ExitCode, CliError> {
         ClientCommand::Rmi(args) => rmi::run(args).await,
         ClientCommand::Fsinfo(args) => fsinfo::run(args).await,
         ClientCommand::Version(args) => version::run(args).await,
+        ClientCommand::Mount(args) => mount::run_mount(args).await,
+        ClientCommand::Unmount(args) => mount::run_unmount(args).await,
     }
 }
 

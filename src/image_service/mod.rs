@@ -10,6 +10,7 @@
 pub mod fetch;
 mod inflight_pulls;
 mod lookup;
+pub mod mount;
 pub mod pull;
 
 use std::collections::BTreeMap;
@@ -115,6 +116,15 @@ pub enum ServiceError {
     TooManyPulls { queued: usize },
     #[error("the pull failed unexpectedly: {detail}")]
     PullTaskFailed { detail: String },
+    #[error("no ready image named {image:?}")]
+    ImageNotFound { image: String },
+    #[error("image {image} has no layers to mount")]
+    NoLayers { image: Digest },
+    #[error("invalid mount target {target:?}: {reason}")]
+    InvalidMountTarget {
+        target: String,
+        reason: &'static str,
+    },
 }
 
 /// Names that are pinned by configuration: exact names and `prefix*` patterns.

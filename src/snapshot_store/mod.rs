@@ -277,8 +277,17 @@ impl SnapshotStore {
     /// The overlay mount options for a snapshot chain, top layer first, as a
     /// runtime would pass them to `mount -t overlay` (read-only view).
     pub fn overlay_lower_dirs(&self, top: &Digest) -> Result<Vec<PathBuf>, SnapshotError> {
+        Ok(self
+            .committed_chain(top)?
+            .iter()
+            .map(|chain_id| self.snapshot_directory(chain_id))
+            .collect())
+    }
+
+    /// The chain ids from `top` down to the base layer, all committed.
+    pub fn committed_chain(&self, top: &Digest) -> Result<Vec<Digest>, SnapshotError> {
         let read = self.metadata.read()?;
-        let mut directories = Vec::new();
+        let mut chain = Vec::new();
         let mut next = Some(top.clone());
         while let Some(chain_id) = next {
             let snapshot = read
@@ -291,10 +300,10 @@ impl SnapshotStore {
                         "snapshot is not committed",
                     ),
                 })?;
-            directories.push(self.snapshot_directory(&chain_id));
+            chain.push(chain_id);
             next = snapshot.parent;
         }
-        Ok(directories)
+        Ok(chain)
     }
 }
 
