@@ -105,11 +105,14 @@ impl ContentStore {
         source: &mut S,
     ) -> Result<IngestOutcome, IngestError<S::Error>> {
         let digest = &request.expected.digest;
-        let already_present = |blob| IngestOutcome {
-            blob,
-            already_present: true,
-            resumed_from_bytes: 0,
-            downloaded_bytes: 0,
+        let already_present = |blob: Blob| {
+            self.publish_present(&blob);
+            IngestOutcome {
+                blob,
+                already_present: true,
+                resumed_from_bytes: 0,
+                downloaded_bytes: 0,
+            }
         };
         if let Some(blob) = self.attach_if_present(digest, request.lease_id)? {
             return Ok(already_present(blob));
@@ -121,6 +124,10 @@ impl ContentStore {
         }
 
         let mut partial = Some(self.prepare_partial(&request).await?);
+        if let Some(file) = &partial {
+            self.taps
+                .publish_file(digest, &file.file, file.written_bytes);
+        }
         let filled = self.fill(&mut partial, &request, source).await;
         let Some(mut partial_file) = partial else {
             // The file was lost in a failed write task; start clean next time.
@@ -258,6 +265,7 @@ impl ContentStore {
             })
             .await
             .map_err(FillError::Content)?;
+            self.taps.publish_written(digest, 0);
             *partial = Some(file);
         }
         let started_at_bytes = opened.offset_bytes;
@@ -297,6 +305,7 @@ impl ContentStore {
                     .map_err(FillError::Content)?;
                 batch_bytes = 0;
                 let written = partial.as_ref().map_or(0, |p| p.written_bytes);
+                self.taps.publish_written(digest, written);
                 if !done && written - recorded_at >= self.limits.progress_record_interval_bytes {
                     if let Some(file) = partial.as_mut() {
                         self.record_progress(file, request)
@@ -362,6 +371,21 @@ impl ContentStore {
         Ok(())
     }
 
+    /// Tells the taps on a blob that was already stored where to read it.
+    fn publish_present(&self, blob: &Blob) {
+        if !self.taps.has_taps(&blob.digest) {
+            return;
+        }
+        match self.open_blob(&blob.digest) {
+            Ok(file) => self
+                .taps
+                .publish_complete(&blob.digest, &file, blob.size_bytes),
+            Err(error) => {
+                tracing::warn!(digest = %blob.digest, %error, "cannot open a stored blob for its readers")
+            }
+        }
+    }
+
     /// Removes the partial file, then its record.
     fn discard_partial(&self, request: &IngestRequest<'_>) -> Result<(), ContentError> {
         let digest = &request.expected.digest;
@@ -394,12 +418,12 @@ impl ContentStore {
             });
         }
         let destination = self.paths.blob(&expected.digest);
-        let received = spawn_blocking_io(move || -> Result<Digest, ContentError> {
+        let (received, file) = spawn_blocking_io(move || -> Result<_, ContentError> {
             partial
                 .file
                 .sync_all()
                 .map_err(ContentError::io(&partial.path))?;
-            Ok(partial.hasher.finish())
+            Ok((partial.hasher.finish(), partial.file))
         })
         .await?;
         if received != expected.digest {
@@ -439,6 +463,9 @@ impl ContentStore {
             txn.detach_from_lease(request.lease_id, &LeaseResource::Ingest(key.clone()))?;
             txn.attach_to_lease(request.lease_id, &LeaseResource::Blob(blob.digest.clone()))
         })?;
+        // The renamed file is the same inode: readers keep their place.
+        self.taps
+            .publish_complete(&blob.digest, &file, blob.size_bytes);
         Ok(blob)
     }
 }

@@ -10,6 +10,7 @@
 
 mod blob_paths;
 mod ingest;
+mod tap;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use blob_paths::BlobPaths;
 pub use ingest::{BlobSource, IngestError, IngestOutcome, IngestRequest, OpenedBlob};
+pub use tap::{BlobTap, TapReader};
 
 use crate::metadata::{Blob, BlobState, LeaseResource, MetadataError, MetadataStore};
 use crate::reference::{Digest, DigestHasher};
@@ -92,6 +94,8 @@ pub struct ContentStore {
     /// One lock per digest being ingested, so that two ingests of the same blob
     /// never write the same partial file: the second waits, then reuses.
     ingest_locks: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
+    /// Readers following blobs while they download (see `tap`).
+    taps: Arc<tap::BlobTaps>,
 }
 
 impl ContentStore {
@@ -114,6 +118,7 @@ impl ContentStore {
             metadata,
             limits,
             ingest_locks: Mutex::new(HashMap::new()),
+            taps: Arc::default(),
         })
     }
 
@@ -199,6 +204,12 @@ impl ContentStore {
         self.metadata
             .write(|txn| txn.attach_to_lease(lease_id, &LeaseResource::Blob(digest.clone())))?;
         Ok(Some(blob))
+    }
+
+    /// Opens a tap on `digest`: a reader of its bytes as the next ingest of
+    /// it writes them (or of the stored blob, if it is already present).
+    pub fn tap(&self, digest: &Digest) -> BlobTap {
+        self.taps.open(digest)
     }
 
     fn ingest_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
