@@ -44,6 +44,8 @@ enum Command {
         #[arg(long = "pulls-max")]
         pulls_max: Option<usize>,
     },
+    /// Check the store offline (stop the daemon first); exit 1 if problems are found.
+    Fsck(cri_imaged::cli::FsckArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<ExitCode> {
             pulls_max,
         })
         .map(|()| ExitCode::SUCCESS),
+        Command::Fsck(args) => Ok(cri_imaged::cli::run_fsck(args)),
         Command::Client(command) => run_client(command),
     }
 }

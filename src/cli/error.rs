@@ -64,6 +64,12 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no cri-imaged store under {} (no metadata.redb)", root.display())]
+    NoStore { root: PathBuf },
+    #[error("cannot open the store (is the daemon running? stop it first): {0}")]
+    OpenStore(#[source] crate::metadata::OpenError),
+    #[error("fsck failed: {0}")]
+    Fsck(#[from] crate::fsck::FsckError),
     #[error("cannot unmount {}: {source}", target.display())]
     Unmount {
         target: PathBuf,

@@ -12,6 +12,7 @@
 mod auth_file;
 mod daemon_connection;
 mod error;
+mod fsck;
 mod fsinfo;
 mod human_format;
 mod images;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub use error::{AuthFileError, CliError};
+pub use fsck::FsckArgs;
 pub use fsinfo::FsinfoArgs;
 pub use images::ImagesArgs;
 pub use inspect::InspectArgs;
@@ -55,6 +57,17 @@ pub enum ClientCommand {
     Mount(MountArgs),
     /// Unmount what `mount` mounted and release the image.
     Unmount(UnmountArgs),
+}
+
+/// `cri-imaged fsck`: offline, on the store itself (the daemon stopped).
+pub fn run_fsck(args: FsckArgs) -> ExitCode {
+    match fsck::run(args) {
+        Ok(exit_code) => exit_code,
+        Err(error) => {
+            eprintln!("cri-imaged fsck: {}", error.report());
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Where the daemon listens; every client subcommand takes it.

@@ -14,6 +14,7 @@
 
 mod consistency_check;
 mod error;
+mod index_repair;
 pub mod migrations;
 mod model;
 mod read;

@@ -27,7 +27,7 @@ pub struct WriteTxn {
     now_unix_ms: u64,
     /// Set by every change to an image record or a name, so the store knows to
     /// drop its cached image listing after the commit.
-    changed_image_list: bool,
+    pub(super) changed_image_list: bool,
 }
 
 impl WriteTxn {
@@ -52,7 +52,7 @@ impl WriteTxn {
         self.now_unix_ms
     }
 
-    fn table(
+    pub(super) fn table(
         &self,
         definition: redb::TableDefinition<'static, &'static str, &'static [u8]>,
     ) -> Result<redb::Table<'_, &'static str, &'static [u8]>, MetadataError> {
@@ -61,7 +61,7 @@ impl WriteTxn {
             .map_err(Storage::storage("open table for writing"))
     }
 
-    fn multimap(
+    pub(super) fn multimap(
         &self,
         definition: redb::MultimapTableDefinition<'static, &'static str, &'static str>,
     ) -> Result<redb::MultimapTable<'_, &'static str, &'static str>, MetadataError> {

@@ -14,6 +14,35 @@ pub struct DaemonProcess {
     pub root: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
+    arguments: Vec<String>,
+}
+
+/// `cri-imaged serve` on the directories under `root`, its log appended to `log`.
+fn spawn_daemon(
+    root: &std::path::Path,
+    socket: &std::path::Path,
+    log: &std::path::Path,
+    arguments: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+        .arg("serve")
+        .arg("--root")
+        .arg(root.join("state"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--hosts-dir")
+        .arg(root.join("certs.d"))
+        .args(arguments)
+        .env("CRI_IMAGED_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl DaemonProcess {
@@ -27,36 +56,61 @@ impl DaemonProcess {
         let root = tempfile::tempdir().unwrap();
         let socket = root.path().join("run/cri-imaged.sock");
         let log = root.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
-            .arg("serve")
-            .arg("--root")
-            .arg(root.path().join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--hosts-dir")
-            .arg(root.path().join("certs.d"))
-            .args(extra_arguments)
-            .env("CRI_IMAGED_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let arguments: Vec<String> = extra_arguments.iter().map(ToString::to_string).collect();
+        let child = spawn_daemon(root.path(), &socket, &log, &arguments);
         let daemon = DaemonProcess {
             child,
             root,
             socket,
             log,
+            arguments,
         };
+        daemon.wait_until_listening();
+        daemon
+    }
+
+    fn wait_until_listening(&self) {
         let deadline = Instant::now() + Duration::from_millis(DAEMON_START_TIMEOUT_MS);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "daemon did not listen: {}",
-                daemon.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(25));
         }
-        daemon
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            return status;
+        }
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(terminated.success());
+        let deadline = Instant::now() + Duration::from_millis(DAEMON_START_TIMEOUT_MS);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again on the same root, socket and flags (stopping
+    /// it first if it still runs), and waits until it listens.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_daemon(self.root.path(), &self.socket, &self.log, &self.arguments);
+        self.wait_until_listening();
     }
 
     pub fn log_text(&self) -> String {

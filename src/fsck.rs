@@ -1,0 +1,479 @@
+//! `cri-imaged fsck`: checks offline, against the files on disk, every
+//! invariant ARCHITECTURE.md promises, and with `repair` fixes what can be
+//! fixed without losing an intact ready image.
+//!
+//! Checked: the record invariants (`metadata::check_consistency`); every
+//! recorded blob's file present with its recorded size (and, with
+//! `verify_content`, its digest); every committed snapshot's directory present;
+//! every ready image whole (its blobs and its snapshot chain); and no file
+//! that no record names (orphans under `content/blobs`, `content/ingest`,
+//! `snapshots`, and leftovers under `snapshots/extracting`).
+//!
+//! Repairs: derived indexes are rebuilt from the tables they mirror; a name
+//! pointing nowhere and a lease resource list without its lease are removed;
+//! a blob or snapshot record whose file is missing or damaged loses its record
+//! and its file, and every ready image that needed it becomes `gc_pending`
+//! (it was broken already: the kubelet pulls it again); orphans are deleted.
+//! All record changes are one transaction, committed before any file is
+//! deleted, so a crash during a repair leaves at worst more orphans.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::content_store::BlobPaths;
+use crate::metadata::{
+    BlobState, ConsistencyProblem, ImageState, MetadataError, MetadataStore, SnapshotState,
+    check_consistency,
+};
+use crate::reference::{Digest, DigestHasher};
+
+/// What to do besides checking.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsckOptions {
+    /// Re-hash every blob and compare with its digest (reads all content).
+    pub verify_content: bool,
+    /// Fix what can be fixed (see the module comment).
+    pub repair: bool,
+}
+
+/// One problem found, naming the object it concerns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsckProblem {
+    #[error("{0}")]
+    Record(ConsistencyProblem),
+    #[error("blob {digest}: file {} is missing", path.display())]
+    BlobFileMissing { digest: Digest, path: PathBuf },
+    #[error("blob {digest}: file is {actual_bytes} bytes, the record says {expected_bytes}")]
+    BlobFileWrongSize {
+        digest: Digest,
+        expected_bytes: u64,
+        actual_bytes: u64,
+    },
+    #[error("blob {digest}: content hashes to {actual}")]
+    BlobContentMismatch { digest: Digest, actual: Digest },
+    #[error("snapshot {chain_id}: directory {} is missing", path.display())]
+    SnapshotDirectoryMissing { chain_id: Digest, path: PathBuf },
+    #[error("ready image {image_id} is broken: {cause}")]
+    BrokenReadyImage { image_id: Digest, cause: String },
+    #[error("orphan file {} (no record names it)", path.display())]
+    OrphanFile { path: PathBuf },
+    #[error("leftover of an interrupted extraction: {}", path.display())]
+    LeftoverExtraction { path: PathBuf },
+}
+
+/// What a run found and, with `repair`, did.
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub problems: Vec<FsckProblem>,
+    /// One line per repair made.
+    pub repairs: Vec<String>,
+    pub images_checked: u64,
+    pub blobs_checked: u64,
+    pub snapshots_checked: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsckError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the store's files live.
+#[derive(Clone, Debug)]
+pub struct StoreLayout {
+    pub blobs: BlobPaths,
+    pub snapshots_directory: PathBuf,
+}
+
+impl StoreLayout {
+    /// The layout under a daemon root (see `Config`).
+    pub fn under_root(root: &Path) -> StoreLayout {
+        StoreLayout {
+            blobs: BlobPaths::new(root.join("content")),
+            snapshots_directory: root.join("snapshots"),
+        }
+    }
+
+    pub fn snapshot_directory(&self, chain_id: &Digest) -> PathBuf {
+        self.snapshots_directory.join(format!(
+            "{}-{}",
+            chain_id.algorithm().name(),
+            chain_id.hex()
+        ))
+    }
+
+    fn extracting_directory(&self) -> PathBuf {
+        self.snapshots_directory.join("extracting")
+    }
+}
+
+/// Ready images whose blobs or snapshots are missing or the wrong size on
+/// disk, with the first cause found: what startup reconciliation marks not
+/// ready so it is pulled again rather than served broken.
+pub fn broken_ready_images(
+    metadata: &MetadataStore,
+    layout: &StoreLayout,
+) -> Result<Vec<(Digest, String)>, FsckError> {
+    let read = metadata.read()?;
+    let blobs: BTreeMap<Digest, u64> = read
+        .blobs()?
+        .into_iter()
+        .filter(|blob| blob.state == BlobState::Present)
+        .map(|blob| (blob.digest, blob.size_bytes))
+        .collect();
+    let mut broken_blobs = BTreeMap::new();
+    for (digest, size_bytes) in &blobs {
+        if let Some(problem) = check_blob_file(layout, digest, *size_bytes, false)? {
+            broken_blobs.insert(digest.clone(), problem.to_string());
+        }
+    }
+    let mut broken_snapshots = BTreeMap::new();
+    for snapshot in read.snapshots()? {
+        let path = layout.snapshot_directory(&snapshot.chain_id);
+        if snapshot.state == SnapshotState::Committed && !path.is_dir() {
+            broken_snapshots.insert(
+                snapshot.chain_id.clone(),
+                FsckProblem::SnapshotDirectoryMissing {
+                    chain_id: snapshot.chain_id,
+                    path,
+                }
+                .to_string(),
+            );
+        }
+    }
+    let mut broken = Vec::new();
+    for image in read.list_images_in_state(ImageState::Ready)? {
+        if let Some(cause) = image_breakage(&read, &image, &broken_blobs, &broken_snapshots)? {
+            broken.push((image.id().clone(), cause));
+        }
+    }
+    Ok(broken)
+}
+
+/// The first reason `image` cannot be served, if any.
+fn image_breakage(
+    read: &crate::metadata::ReadSnapshot,
+    image: &crate::metadata::Image,
+    broken_blobs: &BTreeMap<Digest, String>,
+    broken_snapshots: &BTreeMap<Digest, String>,
+) -> Result<Option<String>, MetadataError> {
+    let mut needed: Vec<Digest> = vec![
+        image.target.digest.clone(),
+        image.manifest.digest.clone(),
+        image.config.digest.clone(),
+    ];
+    if let Some(manifest) = read.blob(&image.manifest.digest)? {
+        needed.extend(manifest.children);
+    }
+    for digest in &needed {
+        if let Some(cause) = broken_blobs.get(digest) {
+            return Ok(Some(cause.clone()));
+        }
+    }
+    let mut next = image.top_chain_id.clone();
+    while let Some(chain_id) = next {
+        if let Some(cause) = broken_snapshots.get(&chain_id) {
+            return Ok(Some(cause.clone()));
+        }
+        next = read
+            .snapshot(&chain_id)?
+            .and_then(|snapshot| snapshot.parent);
+    }
+    Ok(None)
+}
+
+/// Runs every check, and the repairs when asked.
+pub fn fsck(
+    metadata: &MetadataStore,
+    layout: &StoreLayout,
+    options: FsckOptions,
+) -> Result<FsckReport, FsckError> {
+    let mut report = FsckReport::default();
+    let read = metadata.read()?;
+
+    let record_problems = check_consistency(&read)?;
+    report
+        .problems
+        .extend(record_problems.iter().cloned().map(FsckProblem::Record));
+
+    // Blobs: file present, right size, right digest.
+    let blobs = read.blobs()?;
+    let mut broken_blobs: BTreeMap<Digest, String> = BTreeMap::new();
+    for blob in &blobs {
+        report.blobs_checked += 1;
+        if blob.state != BlobState::Present {
+            continue;
+        }
+        if let Some(problem) = check_blob_file(
+            layout,
+            &blob.digest,
+            blob.size_bytes,
+            options.verify_content,
+        )? {
+            broken_blobs.insert(blob.digest.clone(), problem.to_string());
+            report.problems.push(problem);
+        }
+    }
+
+    // Snapshots: committed ones have their directory.
+    let snapshots = read.snapshots()?;
+    let mut broken_snapshots: BTreeMap<Digest, String> = BTreeMap::new();
+    for snapshot in &snapshots {
+        report.snapshots_checked += 1;
+        let path = layout.snapshot_directory(&snapshot.chain_id);
+        if snapshot.state == SnapshotState::Committed && !path.is_dir() {
+            let problem = FsckProblem::SnapshotDirectoryMissing {
+                chain_id: snapshot.chain_id.clone(),
+                path,
+            };
+            broken_snapshots.insert(snapshot.chain_id.clone(), problem.to_string());
+            report.problems.push(problem);
+        }
+    }
+
+    // Ready images: whole on disk (their records are check_consistency's).
+    let mut broken_images = Vec::new();
+    for image in read.list_images_in_state(ImageState::Ready)? {
+        report.images_checked += 1;
+        if let Some(cause) = image_breakage(&read, &image, &broken_blobs, &broken_snapshots)? {
+            report.problems.push(FsckProblem::BrokenReadyImage {
+                image_id: image.id().clone(),
+                cause,
+            });
+            broken_images.push(image.id().clone());
+        }
+    }
+    for problem in &record_problems {
+        if let ConsistencyProblem::ReadyImageMissingBlob { image_id, .. }
+        | ConsistencyProblem::ReadyImageMissingSnapshot { image_id, .. } = problem
+        {
+            broken_images.push(image_id.clone());
+        }
+    }
+
+    // Files no record names.
+    let named_blobs: BTreeSet<PathBuf> = blobs
+        .iter()
+        .map(|blob| layout.blobs.blob(&blob.digest))
+        .collect();
+    let named_partials: BTreeSet<PathBuf> = read
+        .ingests()?
+        .iter()
+        .map(|ingest| layout.blobs.partial(&ingest.expected_digest))
+        .collect();
+    let named_snapshots: BTreeSet<PathBuf> = snapshots
+        .iter()
+        .map(|snapshot| layout.snapshot_directory(&snapshot.chain_id))
+        .collect();
+    let mut orphans = Vec::new();
+    for algorithm_directory in list_directory(&layout.blobs.content_directory().join("blobs"))? {
+        if !algorithm_directory.is_dir() {
+            orphans.push(algorithm_directory);
+            continue;
+        }
+        for path in list_directory(&algorithm_directory)? {
+            if !named_blobs.contains(&path) {
+                orphans.push(path);
+            }
+        }
+    }
+    for path in list_directory(&layout.blobs.ingest_directory())? {
+        if !named_partials.contains(&path) {
+            orphans.push(path);
+        }
+    }
+    let extracting = layout.extracting_directory();
+    let mut leftovers = Vec::new();
+    for path in list_directory(&layout.snapshots_directory)? {
+        if path == extracting {
+            leftovers.extend(list_directory(&extracting)?);
+        } else if !named_snapshots.contains(&path) {
+            orphans.push(path);
+        }
+    }
+    report.problems.extend(
+        orphans
+            .iter()
+            .map(|path| FsckProblem::OrphanFile { path: path.clone() }),
+    );
+    report.problems.extend(
+        leftovers
+            .iter()
+            .map(|path| FsckProblem::LeftoverExtraction { path: path.clone() }),
+    );
+    drop(read);
+
+    if options.repair && !report.problems.is_empty() {
+        repair(
+            metadata,
+            layout,
+            &record_problems,
+            &broken_blobs,
+            &broken_snapshots,
+            &broken_images,
+            &mut report,
+        )?;
+        for path in orphans.iter().chain(&leftovers) {
+            remove_path(path)?;
+            report.repairs.push(format!("removed {}", path.display()));
+        }
+    }
+    Ok(report)
+}
+
+fn repair(
+    metadata: &MetadataStore,
+    layout: &StoreLayout,
+    record_problems: &[ConsistencyProblem],
+    broken_blobs: &BTreeMap<Digest, String>,
+    broken_snapshots: &BTreeMap<Digest, String>,
+    broken_images: &[Digest],
+    report: &mut FsckReport,
+) -> Result<(), FsckError> {
+    let mut repairs = Vec::new();
+    metadata.write(|txn| {
+        repairs.clear();
+        for problem in record_problems {
+            match problem {
+                ConsistencyProblem::DanglingReference { name, .. }
+                | ConsistencyProblem::InvalidName { name } => {
+                    txn.remove_reference(name)?;
+                    repairs.push(format!("removed name {name}"));
+                }
+                ConsistencyProblem::ResourcesOfMissingLease { lease_id } => {
+                    txn.remove_lease(lease_id)?;
+                    repairs.push(format!("removed the resource list of lease {lease_id}"));
+                }
+                _ => {}
+            }
+        }
+        for image_id in broken_images {
+            if txn.image(image_id)?.is_some() {
+                txn.set_image_state(image_id, ImageState::GcPending)?;
+                repairs.push(format!(
+                    "marked broken image {image_id} gc_pending (pull it again)"
+                ));
+            }
+        }
+        for digest in broken_blobs.keys() {
+            txn.remove_blob(digest)?;
+            repairs.push(format!("removed the record of damaged blob {digest}"));
+        }
+        for chain_id in broken_snapshots.keys() {
+            txn.remove_snapshot(chain_id)?;
+            repairs.push(format!("removed the record of missing snapshot {chain_id}"));
+        }
+        // Last: the images' states may have changed above.
+        txn.rebuild_indexes()?;
+        Ok(())
+    })?;
+    report.repairs.extend(repairs);
+    report
+        .repairs
+        .push("rebuilt the name and state indexes".to_owned());
+    // The records are gone and committed: now the damaged files may go.
+    for digest in broken_blobs.keys() {
+        let path = layout.blobs.blob(digest);
+        remove_path(&path)?;
+    }
+    Ok(())
+}
+
+fn check_blob_file(
+    layout: &StoreLayout,
+    digest: &Digest,
+    expected_bytes: u64,
+    verify_content: bool,
+) -> Result<Option<FsckProblem>, FsckError> {
+    let path = layout.blobs.blob(digest);
+    let metadata = match std::fs::metadata(&path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some(FsckProblem::BlobFileMissing {
+                digest: digest.clone(),
+                path,
+            }));
+        }
+        Err(source) => return Err(FsckError::Io { path, source }),
+    };
+    if metadata.len() != expected_bytes {
+        return Ok(Some(FsckProblem::BlobFileWrongSize {
+            digest: digest.clone(),
+            expected_bytes,
+            actual_bytes: metadata.len(),
+        }));
+    }
+    if verify_content {
+        let actual = hash_file(&path, digest)?;
+        if actual != *digest {
+            return Ok(Some(FsckProblem::BlobContentMismatch {
+                digest: digest.clone(),
+                actual,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn hash_file(path: &Path, digest: &Digest) -> Result<Digest, FsckError> {
+    let io = |source| FsckError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = DigestHasher::new(digest.algorithm());
+    let mut buffer = vec![0; 1024 * 1024];
+    loop {
+        let read = file.read(&mut buffer).map_err(io)?;
+        if read == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
+/// The entries of `directory`, sorted; none when it does not exist.
+fn list_directory(directory: &Path) -> Result<Vec<PathBuf>, FsckError> {
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(FsckError::Io {
+                path: directory.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| FsckError::Io {
+            path: directory.to_path_buf(),
+            source,
+        })?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn remove_path(path: &Path) -> Result<(), FsckError> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    };
+    removed.map_err(|source| FsckError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
