@@ -27,6 +27,7 @@ mod cli;
 mod content_store;
 mod cri_socket;
 mod daemon;
+mod drills;
 mod fsck;
 mod metadata_store;
 mod migrations;
