@@ -26,6 +26,7 @@ pub fn to_status(error: &ServiceError) -> tonic::Status {
         ServiceError::Unpack { .. } => tonic::Code::FailedPrecondition,
         ServiceError::ShuttingDown => tonic::Code::Unavailable,
         ServiceError::TooManyPulls { .. } => tonic::Code::ResourceExhausted,
+        ServiceError::PullDeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
         _ => tonic::Code::Internal,
     };
     tonic::Status::new(code, message)
@@ -42,7 +43,9 @@ fn registry_code(error: &RegistryError) -> tonic::Code {
         RegistryError::Unreachable { .. } | RegistryError::RateLimited { .. } => {
             tonic::Code::Unavailable
         }
-        RegistryError::Stalled { .. } => tonic::Code::DeadlineExceeded,
+        RegistryError::Stalled { .. } | RegistryError::TooSlow { .. } => {
+            tonic::Code::DeadlineExceeded
+        }
         RegistryError::UnexpectedStatus { status, .. } if *status >= 500 => {
             tonic::Code::Unavailable
         }

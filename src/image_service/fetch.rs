@@ -5,12 +5,17 @@
 //! Layers download concurrently, up to `layer_downloads_max` at once; a layer
 //! whose stream fails transiently is resumed from the bytes already stored (a
 //! `Range` request) up to `layer_resumes_max` times.
+//!
+//! Progress goes to the pull's [`PullProgress`]: `resolved` once the config is
+//! known, a state change when a layer gets its download slot and when it is
+//! stored, and a byte count per received chunk (an atomic add).
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use crate::image_service::pull_progress::PullProgress;
 use crate::content_store::{
     BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
 };
@@ -98,6 +103,8 @@ pub struct RegistryBlobSource<'a> {
     first_endpoint: usize,
     /// Whether the request was answered; after that, a failure is the stream's.
     opened: bool,
+    /// Where this layer's bytes are counted, and its index in the manifest.
+    progress: (&'a PullProgress, usize),
 }
 
 impl BlobSource for RegistryBlobSource<'_> {
@@ -112,9 +119,24 @@ impl BlobSource for RegistryBlobSource<'_> {
             .open_blob_from_endpoint(&self.descriptor, offset_bytes, self.first_endpoint)
             .await?;
         self.opened = true;
+        let (progress, index) = self.progress;
+        progress.download_at(index, blob.offset_bytes);
+        // The stream is 'static, so it counts into a shared counter handle
+        // rather than borrowing the progress.
+        let stream = match progress.byte_counter(index) {
+            None => blob.stream,
+            Some(counter) => blob
+                .stream
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        counter.add(chunk.len() as u64);
+                    }
+                })
+                .boxed(),
+        };
         Ok(OpenedBlob {
             offset_bytes: blob.offset_bytes,
-            stream: blob.stream,
+            stream,
         })
     }
 }
@@ -142,6 +164,7 @@ pub async fn fetch_image(
     platform: &Platform,
     lease_id: &str,
     limits: &FetchLimits,
+    progress: &PullProgress,
 ) -> Result<FetchedImage, FetchError> {
     let reference_text = reference.to_string();
     let manifest_error = |source| FetchError::Manifest {
@@ -243,6 +266,12 @@ pub async fn fetch_image(
         });
     }
 
+    progress.resolved(
+        &manifest_descriptor.digest,
+        &image_manifest.config.digest,
+        &image_manifest.layers,
+    );
+
     // Boxed so the stream's item type names no closure lifetimes, which keeps
     // the whole pull future `Send` for the gRPC server.
     type Download<'a> =
@@ -252,9 +281,11 @@ pub async fn fetch_image(
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
         downloads.push(Box::pin(async move {
-            fetch_layer(session, store, &layer, lease_id, resumes_max)
-                .await
-                .map(|outcome| (index, outcome))
+            progress.download_started(index);
+            let outcome = fetch_layer(session, store, &layer, lease_id, resumes_max, (progress, index))
+                .await?;
+            progress.download_finished(index, outcome.already_present);
+            Ok((index, outcome))
         }));
     }
     let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads)
@@ -280,6 +311,7 @@ async fn fetch_layer(
     layer: &Descriptor,
     lease_id: &str,
     resumes_max: u32,
+    progress: (&PullProgress, usize),
 ) -> Result<IngestOutcome, FetchError> {
     let mut resumes = 0;
     loop {
@@ -288,6 +320,7 @@ async fn fetch_layer(
             descriptor: layer.clone(),
             first_endpoint: resumes as usize % session.endpoint_count().max(1),
             opened: false,
+            progress,
         };
         let request = IngestRequest {
             expected: layer,

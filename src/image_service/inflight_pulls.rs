@@ -1,7 +1,8 @@
 //! Concurrent PullImage calls for the same reference, credentials and platform
 //! share one pull. The pull runs in its own task, so a caller that gives up
 //! (cancels, or its deadline passes) does not cancel it for the others; every
-//! caller gets the same result.
+//! caller gets the same result. Each pull owns its [`PullProgress`], so a
+//! caller that joins later watches the same progress as the first.
 //!
 //! Pulls are also limited: at most `pulls_max` run at once (0 = unlimited,
 //! 1 = the kubelet's serialized mode), with at most `pulls_queued_max` waiting;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use crate::image_service::pull_progress::PullProgress;
 use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
 use crate::registry::RegistryCredentials;
@@ -26,7 +28,15 @@ pub(crate) struct PullKey {
 }
 
 pub(crate) type PullOutcome<E> = Result<Digest, Arc<E>>;
-type SharedPull<E> = Shared<BoxFuture<'static, PullOutcome<E>>>;
+pub(crate) type SharedPull<E> = Shared<BoxFuture<'static, PullOutcome<E>>>;
+
+/// A pull in flight as one caller holds it.
+pub(crate) struct JoinedPull<E> {
+    /// Whether this call joined a pull started by another.
+    pub joined: bool,
+    pub outcome: SharedPull<E>,
+    pub progress: Arc<PullProgress>,
+}
 
 /// Limits on pulls, with units in their names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +57,28 @@ impl Default for PullLimits {
 }
 
 pub(crate) struct InflightPulls<E> {
-    pulls: Mutex<HashMap<PullKey, SharedPull<E>>>,
+    pulls: Mutex<HashMap<PullKey, InflightPull<E>>>,
     running: Option<Arc<tokio::sync::Semaphore>>,
     limits: PullLimits,
     waiting: std::sync::atomic::AtomicUsize,
+}
+
+struct InflightPull<E> {
+    outcome: SharedPull<E>,
+    progress: Arc<PullProgress>,
+    /// Aborts the pull's task: at shutdown, once the grace period is over.
+    abort: tokio::task::AbortHandle,
+}
+
+struct RemoveOnDrop<E: Send + Sync + 'static> {
+    pulls: Arc<InflightPulls<E>>,
+    key: PullKey,
+}
+
+impl<E: Send + Sync + 'static> Drop for RemoveOnDrop<E> {
+    fn drop(&mut self) {
+        self.pulls.lock().remove(&self.key);
+    }
 }
 
 /// Why a pull produced no outcome of its own.
@@ -61,6 +89,9 @@ pub(crate) enum PullRefused {
     /// The pull's task ended without an outcome (it panicked, or the runtime
     /// is shutting down).
     TaskFailed { detail: String },
+    /// The pull was aborted: the daemon is shutting down and its grace period
+    /// is over.
+    Aborted,
 }
 
 impl<E: Send + Sync + 'static> InflightPulls<E> {
@@ -74,27 +105,42 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         }
     }
 
-    /// Joins the pull for `key` if one is in flight, or starts `pull` in its
-    /// own task. Returns whether this call joined an existing pull, and the
-    /// shared outcome to wait for.
+    /// Joins the pull for `key` if one is in flight, or starts the pull
+    /// `start` makes (given the progress it reports to) in its own task.
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         key: PullKey,
-        pull: BoxFuture<'static, PullOutcome<E>>,
+        start: impl FnOnce(Arc<PullProgress>) -> BoxFuture<'static, PullOutcome<E>>,
         refused: fn(PullRefused) -> E,
-    ) -> (bool, SharedPull<E>) {
+    ) -> JoinedPull<E> {
         let mut pulls = self.lock();
         if let Some(existing) = pulls.get(&key) {
-            return (true, existing.clone());
+            return JoinedPull {
+                joined: true,
+                outcome: existing.outcome.clone(),
+                progress: existing.progress.clone(),
+            };
         }
+        let progress = Arc::new(PullProgress::new());
         let queued = self.waiting.load(std::sync::atomic::Ordering::SeqCst);
         if self.running.is_some() && queued >= self.limits.pulls_queued_max {
             let error = Arc::new(refused(PullRefused::QueueFull { queued }));
-            return (false, async move { Err(error) }.boxed().shared());
+            return JoinedPull {
+                joined: false,
+                outcome: async move { Err(error) }.boxed().shared(),
+                progress,
+            };
         }
+        let pull = start(progress.clone());
         let this = self.clone();
         let task_key = key.clone();
         let task = tokio::spawn(async move {
+            // Dropped when the task ends, aborted or not, so a later call
+            // starts a fresh pull instead of joining a finished one.
+            let _entry = RemoveOnDrop {
+                pulls: this.clone(),
+                key: task_key,
+            };
             let _turn = match &this.running {
                 Some(semaphore) => {
                     this.waiting
@@ -106,13 +152,15 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
                 }
                 None => None,
             };
-            let outcome = pull.await;
-            this.lock().remove(&task_key);
-            outcome
+            pull.await
         });
+        let abort = task.abort_handle();
         let shared = async move {
             match task.await {
                 Ok(outcome) => outcome,
+                Err(join_error) if join_error.is_cancelled() => {
+                    Err(Arc::new(refused(PullRefused::Aborted)))
+                }
                 Err(join_error) => Err(Arc::new(refused(PullRefused::TaskFailed {
                     detail: join_error.to_string(),
                 }))),
@@ -120,11 +168,35 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         }
         .boxed()
         .shared();
-        pulls.insert(key, shared.clone());
-        (false, shared)
+        pulls.insert(
+            key,
+            InflightPull {
+                outcome: shared.clone(),
+                progress: progress.clone(),
+                abort,
+            },
+        );
+        JoinedPull {
+            joined: false,
+            outcome: shared,
+            progress,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullKey, SharedPull<E>>> {
+    /// Aborts every pull in flight; returns how many. Their callers get
+    /// [`PullRefused::Aborted`]. An aborted pull stops at its next await: what
+    /// it stored stays under its lease, and its image is never marked ready
+    /// (that commit is one synchronous transaction, so it either happened or
+    /// did not).
+    pub(crate) fn abort_all(&self) -> usize {
+        let pulls = self.lock();
+        for pull in pulls.values() {
+            pull.abort.abort();
+        }
+        pulls.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullKey, InflightPull<E>>> {
         self.pulls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
