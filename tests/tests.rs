@@ -18,6 +18,8 @@
 //!   deduplication of downloads.
 //! - `cri_socket`: the real daemon over its unix socket with the generated CRI
 //!   clients: pull, list, status, remove, fs info, version, status, errors.
+//! - `pull_progress`: the admin PullWithProgress stream over the real daemon's
+//!   socket: event order, byte counts, joined pulls, reused layers, errors.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
 
@@ -30,5 +32,6 @@ mod daemon;
 mod metadata_store;
 mod migrations;
 mod proto_wire;
+mod pull_progress;
 mod registry_faults;
 mod registry_pull;

@@ -15,10 +15,10 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::image_service::pull_progress::PullProgress;
 use crate::content_store::{
     BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
 };
+use crate::image_service::pull_progress::PullProgress;
 use crate::oci::Descriptor;
 use crate::oci::manifest::{
     ImageConfig, ImageManifest, Manifest, ManifestError, ManifestLimits, decode_config,
@@ -156,8 +156,25 @@ impl BlobSource for InMemorySource {
     }
 }
 
-/// Fetches everything `reference` needs for `platform` into `store`, under `lease_id`.
+/// Fetches everything `reference` needs for `platform` into `store`, under
+/// `lease_id`, reporting to nobody.
 pub async fn fetch_image(
+    session: &RepositorySession,
+    store: &ContentStore,
+    reference: &ImageReference,
+    platform: &Platform,
+    lease_id: &str,
+    limits: &FetchLimits,
+) -> Result<FetchedImage, FetchError> {
+    let progress = PullProgress::new();
+    fetch_image_with_progress(
+        session, store, reference, platform, lease_id, limits, &progress,
+    )
+    .await
+}
+
+/// [`fetch_image`], reporting to `progress`.
+pub async fn fetch_image_with_progress(
     session: &RepositorySession,
     store: &ContentStore,
     reference: &ImageReference,
@@ -282,8 +299,15 @@ pub async fn fetch_image(
         let resumes_max = limits.layer_resumes_max;
         downloads.push(Box::pin(async move {
             progress.download_started(index);
-            let outcome = fetch_layer(session, store, &layer, lease_id, resumes_max, (progress, index))
-                .await?;
+            let outcome = fetch_layer(
+                session,
+                store,
+                &layer,
+                lease_id,
+                resumes_max,
+                (progress, index),
+            )
+            .await?;
             progress.download_finished(index, outcome.already_present);
             Ok((index, outcome))
         }));

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::content_store::ContentStore;
 use futures_util::FutureExt;
 
-use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image};
+use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image_with_progress};
 use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused, SharedPull};
 use crate::image_service::pull_progress::PullProgress;
 use crate::image_service::{ImageService, ServiceError};
@@ -98,7 +98,10 @@ impl ImageService {
     /// Validates `request` and starts its pull, or joins the identical pull in
     /// flight. Every pull (CRI PullImage and the admin PullWithProgress) goes
     /// through here, so both get the same checks, sharing and results.
-    pub fn start_pull(self: &Arc<Self>, request: &PullRequest) -> Result<StartedPull, ServiceError> {
+    pub fn start_pull(
+        self: &Arc<Self>,
+        request: &PullRequest,
+    ) -> Result<StartedPull, ServiceError> {
         let reference = ImageReference::parse_docker_ref(&request.image).map_err(|source| {
             ServiceError::InvalidReference {
                 input: crate::reference::bounded_echo(&request.image),
@@ -240,7 +243,7 @@ impl ImageService {
         progress: &Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
         let session = self.registry.session(reference, credentials)?;
-        let fetched = fetch_image(
+        let fetched = fetch_image_with_progress(
             &session,
             &self.content,
             reference,
@@ -351,7 +354,11 @@ impl ImageService {
             Result<crate::snapshot_store::PreparedSnapshot, PrepareError<LayerError>>,
         >;
         let mut preparations: Vec<Preparation<'_>> = Vec::with_capacity(layers.len());
-        for (index, (layer, blob)) in layers.iter().zip(&fetched.image_manifest.layers).enumerate() {
+        for (index, (layer, blob)) in layers
+            .iter()
+            .zip(&fetched.image_manifest.layers)
+            .enumerate()
+        {
             let snapshots = self.snapshots.clone();
             let content = self.content.clone();
             let options = UnpackOptions {

@@ -11,8 +11,8 @@
 //!   watcher that is slower than two consecutive changes of one layer sees
 //!   only the second.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::oci::Descriptor;
 use crate::reference::Digest;
@@ -213,18 +213,22 @@ impl PullProgress {
     /// Layer `index` is stored; `reused` when it was already there.
     pub(crate) fn download_finished(&self, index: usize, reused: bool) {
         if let Some(counter) = self.counter(index) {
-            let total = self.states.borrow().layers.get(index).map_or(0, |entry| {
-                entry.descriptor.size_bytes
-            });
+            let total = self
+                .states
+                .borrow()
+                .layers
+                .get(index)
+                .map_or(0, |entry| entry.descriptor.size_bytes);
             counter.store(total, Ordering::Relaxed);
         }
-        self.states.send_if_modified(|table| match table.layers.get_mut(index) {
-            Some(entry) => {
-                entry.blob_reused = reused;
-                false
-            }
-            None => false,
-        });
+        self.states
+            .send_if_modified(|table| match table.layers.get_mut(index) {
+                Some(entry) => {
+                    entry.blob_reused = reused;
+                    false
+                }
+                None => false,
+            });
     }
 
     /// Layer `index` is being unpacked.
