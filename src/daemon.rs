@@ -49,6 +49,10 @@ pub enum DaemonError {
 /// the kubelet's retry resumes rather than starts over.
 const RECONCILE_GRACE_PERIOD_MS: u64 = 10 * 60 * 1000;
 
+/// How long connections may take to close once the pulls still running at
+/// the end of the shutdown grace period were aborted.
+const CONNECTIONS_DRAIN_AFTER_ABORT_MS: u64 = 2_000;
+
 /// A started daemon: stores open, boot recorded, socket bound.
 pub struct Daemon {
     pub config: Config,
@@ -163,7 +167,20 @@ impl Daemon {
                     aborted_pulls = aborted,
                     "grace period over: aborting the pulls still running"
                 );
-                served.await
+                // The aborted calls answer at once; a client that does not
+                // read them (or never acknowledges the HTTP/2 goaway) must
+                // not keep the daemon up.
+                let drain = std::time::Duration::from_millis(CONNECTIONS_DRAIN_AFTER_ABORT_MS);
+                match tokio::time::timeout(drain, served).await {
+                    Ok(served) => served,
+                    Err(_elapsed) => {
+                        tracing::warn!(
+                            drain_ms = CONNECTIONS_DRAIN_AFTER_ABORT_MS,
+                            "connections still open after the pulls were aborted; closing them"
+                        );
+                        Ok(())
+                    }
+                }
             }
         };
         if let Err(error) = std::fs::remove_file(&socket)
