@@ -120,9 +120,9 @@ pub struct Config {
     pub pulls_max: usize,
     /// Pulls waiting for a turn when `pulls_max` is reached; more are refused.
     pub pulls_queued_max: usize,
-    /// Layer downloads running at once, per pull.
+    /// Layer downloads running at once, all pulls together.
     pub layer_downloads_max: usize,
-    /// Layer extractions running at once, per pull.
+    /// Layer extractions running at once, all pulls together.
     pub extractions_max: usize,
     /// A registry response that sends no byte for this long has stalled.
     pub progress_timeout_ms: u64,

@@ -180,6 +180,14 @@ async fn max_concurrent_one_in_the_config_file_serializes_pulls() {
     );
 }
 
+#[tokio::test]
+async fn max_concurrent_downloads_is_a_limit_for_the_whole_node() {
+    assert!(
+        !second_pull_overtakes("[pull]\nmax_concurrent_downloads = 1\n").await,
+        "with one download slot the second image's layer waited for the first's"
+    );
+}
+
 /// An image whose one layer (1 MiB of noise) the proxy sends 64 KiB of,
 /// then holds back for `stall`, on every request: more pieces than a pull
 /// resumes a download.

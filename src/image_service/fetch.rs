@@ -2,7 +2,8 @@
 //! manifest out of an index, and bring every blob (index, manifest, config,
 //! layers) into the content store under the pull's lease, verified.
 //!
-//! Layers download concurrently, up to `layer_downloads_max` at once; a layer
+//! Layers download concurrently, up to `layer_downloads_max` at once in this
+//! pull and within the node-wide download slots given; a layer
 //! whose stream fails transiently is resumed from the bytes already stored (a
 //! `Range` request) up to `layer_resumes_max` times.
 //!
@@ -167,13 +168,27 @@ pub async fn fetch_image(
     limits: &FetchLimits,
 ) -> Result<FetchedImage, FetchError> {
     let progress = PullProgress::new();
+    let download_slots = tokio::sync::Semaphore::new(limits.layer_downloads_max.max(1));
+    let shared = FetchShared {
+        progress: &progress,
+        download_slots: &download_slots,
+    };
     fetch_image_with_progress(
-        session, store, reference, platform, lease_id, limits, &progress,
+        session, store, reference, platform, lease_id, limits, shared,
     )
     .await
 }
 
-/// [`fetch_image`], reporting to `progress`.
+/// What a fetch shares with the rest of the node.
+#[derive(Clone, Copy)]
+pub struct FetchShared<'a> {
+    /// Where the pull's progress is reported.
+    pub progress: &'a PullProgress,
+    /// Node-wide: each layer download holds one while it runs.
+    pub download_slots: &'a tokio::sync::Semaphore,
+}
+
+/// [`fetch_image`], reporting progress and taking download slots from `shared`.
 pub async fn fetch_image_with_progress(
     session: &RepositorySession,
     store: &ContentStore,
@@ -181,8 +196,12 @@ pub async fn fetch_image_with_progress(
     platform: &Platform,
     lease_id: &str,
     limits: &FetchLimits,
-    progress: &PullProgress,
+    shared: FetchShared<'_>,
 ) -> Result<FetchedImage, FetchError> {
+    let FetchShared {
+        progress,
+        download_slots,
+    } = shared;
     let reference_text = reference.to_string();
     let manifest_error = |source| FetchError::Manifest {
         reference: reference_text.clone(),
@@ -298,6 +317,9 @@ pub async fn fetch_image_with_progress(
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
         downloads.push(Box::pin(async move {
+            // Never closed, so a failed acquire cannot happen; without a
+            // slot the download would merely run unbounded.
+            let _slot = download_slots.acquire().await.ok();
             progress.download_started(index);
             let outcome = fetch_layer(
                 session,

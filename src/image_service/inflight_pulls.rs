@@ -7,6 +7,8 @@
 //! Pulls are also limited: at most `pulls_max` run at once (0 = unlimited,
 //! 1 = the kubelet's serialized mode), with at most `pulls_queued_max` waiting;
 //! beyond that a pull is refused at once rather than queued without bound.
+//! Node-wide slots bound the layer downloads and extractions of all pulls
+//! together (`layer_downloads_max`, `extractions_max`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,10 @@ pub struct PullLimits {
     pub pulls_max: usize,
     /// Pulls waiting for a turn; more are refused.
     pub pulls_queued_max: usize,
+    /// Layer downloads running at once, all pulls together.
+    pub layer_downloads_max: usize,
+    /// Layer extractions running at once, all pulls together.
+    pub extractions_max: usize,
 }
 
 impl Default for PullLimits {
@@ -52,6 +58,8 @@ impl Default for PullLimits {
         PullLimits {
             pulls_max: 0,
             pulls_queued_max: 256,
+            layer_downloads_max: 3,
+            extractions_max: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 }
@@ -61,6 +69,8 @@ pub(crate) struct InflightPulls<E> {
     running: Option<Arc<tokio::sync::Semaphore>>,
     limits: PullLimits,
     waiting: std::sync::atomic::AtomicUsize,
+    download_slots: Arc<tokio::sync::Semaphore>,
+    extraction_slots: Arc<tokio::sync::Semaphore>,
 }
 
 struct InflightPull<E> {
@@ -102,7 +112,21 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
                 .then(|| Arc::new(tokio::sync::Semaphore::new(limits.pulls_max))),
             limits,
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            download_slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.layer_downloads_max.max(1),
+            )),
+            extraction_slots: Arc::new(tokio::sync::Semaphore::new(limits.extractions_max.max(1))),
         }
+    }
+
+    /// Node-wide layer download slots: a download holds one while it runs.
+    pub(crate) fn download_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.download_slots
+    }
+
+    /// Node-wide extraction slots: an extraction holds one while it runs.
+    pub(crate) fn extraction_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.extraction_slots
     }
 
     /// Joins the pull for `key` if one is in flight, or starts the pull

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use crate::content_store::ContentStore;
 use futures_util::FutureExt;
 
-use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image_with_progress};
+use crate::image_service::fetch::{
+    FetchLimits, FetchShared, FetchedImage, fetch_image_with_progress,
+};
 use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused, SharedPull};
 use crate::image_service::pull_progress::PullProgress;
 use crate::image_service::{ImageService, ServiceError};
@@ -250,7 +252,10 @@ impl ImageService {
             platform,
             lease_id,
             &self.settings.fetch,
-            progress,
+            FetchShared {
+                progress,
+                download_slots: self.inflight.download_slots(),
+            },
         )
         .await?;
         let image = self.record_pulling(&fetched, reference, lease_id)?;
@@ -369,7 +374,12 @@ impl ImageService {
             let layer = layer.clone();
             let lease_id = lease_id.to_owned();
             let progress = progress.clone();
+            let extraction_slots = self.inflight.extraction_slots().clone();
             preparations.push(Box::pin(async move {
+                // Taken before the snapshot's chain lock, so the holder of a
+                // chain lock always has its slot (no pull waits for a slot
+                // while holding a lock another pull needs).
+                let _slot = extraction_slots.acquire_owned().await.ok();
                 snapshots
                     .prepare(layer, &lease_id, move |directory| {
                         // Runs only when the snapshot is not committed yet.
