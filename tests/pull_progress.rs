@@ -216,9 +216,22 @@ async fn progress_streams_resolved_layers_and_done_with_the_id_pull_image_return
     let reference = format!("{}/progress/app:v1", proxy.host());
     let mut admin = admin_client(&daemon).await;
 
+    let started = std::time::Instant::now();
     let received = pull_with_progress(&mut admin, &reference, "").await;
+    let elapsed = started.elapsed();
     received.assert_complete(&image, admin::LayerState::Done);
     let big = &received.layers()[&image.layers[0].digest];
+    // Byte events are rate-limited (150 ms per layer), state changes are not.
+    let state_changes = big
+        .windows(2)
+        .filter(|pair| pair[0].state != pair[1].state)
+        .count();
+    let byte_events_max = elapsed.as_millis() as usize / 150 + 2;
+    assert!(
+        big.len() <= 1 + state_changes + byte_events_max,
+        "{} events in {elapsed:?}: {big:#?}",
+        big.len()
+    );
     assert!(
         big.iter()
             .any(|event| event.state() == admin::LayerState::Downloading

@@ -248,10 +248,11 @@ impl LayerRow {
             truncated_id(&self.digest),
             state_name(self.state),
         );
+        let remaining = self.total_bytes.saturating_sub(self.downloaded_bytes);
         if self.state == admin::LayerState::Downloading
+            && remaining > 0
             && let Some(rate) = self.rate_bytes_per_second.filter(|rate| *rate >= 1.0)
         {
-            let remaining = self.total_bytes.saturating_sub(self.downloaded_bytes);
             line.push_str(&format!(
                 "  {:>8}/s  ETA {}",
                 human_size(rate as u64),
