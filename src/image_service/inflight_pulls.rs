@@ -158,13 +158,15 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         let pull = start(progress.clone());
         let this = self.clone();
         let task_key = key.clone();
+        // Moved into the task, so it drops when the task ends, aborted or not
+        // (even before its first poll), and a later call starts a fresh pull
+        // instead of joining a finished one.
+        let entry = RemoveOnDrop {
+            pulls: this.clone(),
+            key: task_key,
+        };
         let task = tokio::spawn(async move {
-            // Dropped when the task ends, aborted or not, so a later call
-            // starts a fresh pull instead of joining a finished one.
-            let _entry = RemoveOnDrop {
-                pulls: this.clone(),
-                key: task_key,
-            };
+            let _entry = entry;
             let _turn = match &this.running {
                 Some(semaphore) => {
                     this.waiting
@@ -213,16 +215,72 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
     /// (that commit is one synchronous transaction, so it either happened or
     /// did not).
     pub(crate) fn abort_all(&self) -> usize {
-        let pulls = self.lock();
-        for pull in pulls.values() {
-            pull.abort.abort();
+        // Collected first: an aborted task's entry removes itself under the
+        // same lock.
+        let aborts: Vec<tokio::task::AbortHandle> = self
+            .lock()
+            .values()
+            .map(|pull| pull.abort.clone())
+            .collect();
+        for abort in &aborts {
+            abort.abort();
         }
-        pulls.len()
+        aborts.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullKey, InflightPull<E>>> {
         self.pulls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum TestError {
+        Refused(String),
+    }
+
+    fn refused(why: PullRefused) -> TestError {
+        TestError::Refused(format!("{why:?}"))
+    }
+
+    fn key(name: &str) -> PullKey {
+        PullKey {
+            reference: ImageReference::parse_docker_ref(name).unwrap(),
+            credentials: RegistryCredentials::anonymous(),
+            platform: Platform::new("linux", "amd64"),
+        }
+    }
+
+    /// A pull that never ends on its own.
+    fn endless(_progress: Arc<PullProgress>) -> BoxFuture<'static, PullOutcome<TestError>> {
+        std::future::pending().boxed()
+    }
+
+    #[tokio::test]
+    async fn a_joined_pull_shares_progress_and_abort_ends_every_caller_and_the_entry() {
+        let pulls = Arc::new(InflightPulls::<TestError>::new(PullLimits::default()));
+        let first = pulls.join_or_start(key("a/b:1"), endless, refused);
+        let second = pulls.join_or_start(key("a/b:1"), endless, refused);
+        let other = pulls.join_or_start(key("a/c:1"), endless, refused);
+        assert!(!first.joined && second.joined && !other.joined);
+        assert!(Arc::ptr_eq(&first.progress, &second.progress));
+        assert!(!Arc::ptr_eq(&first.progress, &other.progress));
+
+        assert_eq!(pulls.abort_all(), 2);
+        for outcome in [first.outcome, second.outcome, other.outcome] {
+            let error = outcome.await.unwrap_err();
+            assert_eq!(*error, TestError::Refused("Aborted".to_owned()));
+        }
+        // The aborted pulls left the table: a new call starts afresh.
+        assert!(pulls.lock().is_empty());
+        let again = pulls.join_or_start(key("a/b:1"), endless, refused);
+        assert!(!again.joined);
+        assert!(!Arc::ptr_eq(&again.progress, &second.progress));
+        pulls.abort_all();
     }
 }
