@@ -87,6 +87,8 @@ async fn stream_progress(started: StartedPull, events: Events) {
                 let _ = events.send(last).await;
                 return;
             }
+            // `changed` never reports a closed channel here: this task holds
+            // the progress, and with it the sender.
             _ = changes.changed() => sent.events(&progress.snapshot(), Instant::now(), false),
             _ = ticks.tick() => sent.events(&progress.snapshot(), Instant::now(), false),
         };
@@ -172,5 +174,86 @@ fn layer_state(state: LayerState) -> admin::LayerState {
         LayerState::Extracting => admin::LayerState::Extracting,
         LayerState::Done => admin::LayerState::Done,
         LayerState::Reused => admin::LayerState::Reused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_service::pull_progress::ResolvedPull;
+    use crate::reference::Digest;
+
+    fn snapshot(state: LayerState, downloaded_bytes: u64) -> ProgressSnapshot {
+        let digest = Digest::from_sha256_bytes([7; 32]);
+        ProgressSnapshot {
+            resolved: Some(ResolvedPull {
+                manifest_digest: digest.clone(),
+                config_digest: digest.clone(),
+                layer_count: 1,
+                total_bytes: 100,
+            }),
+            layers: vec![LayerProgress {
+                digest,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+                total_bytes: 100,
+                downloaded_bytes,
+                extracted: false,
+                state,
+            }],
+        }
+    }
+
+    fn kinds(events: &[admin::PullProgress]) -> Vec<String> {
+        events
+            .iter()
+            .map(|event| match event.event.as_ref().unwrap() {
+                admin::pull_progress::Event::Resolved(_) => "resolved".to_owned(),
+                admin::pull_progress::Event::Layer(layer) => {
+                    format!("{:?} {}", layer.state(), layer.downloaded_bytes)
+                }
+                admin::pull_progress::Event::Done(_) => "done".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn state_changes_go_at_once_and_byte_counts_at_most_every_interval() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut sent = SentEvents::default();
+        assert!(
+            sent.events(&ProgressSnapshot::default(), at(0), false)
+                .is_empty()
+        );
+        assert_eq!(
+            kinds(&sent.events(&snapshot(LayerState::Queued, 0), at(0), false)),
+            ["resolved", "Queued 0"]
+        );
+        assert!(
+            sent.events(&snapshot(LayerState::Queued, 0), at(1), false)
+                .is_empty()
+        );
+        assert_eq!(
+            kinds(&sent.events(&snapshot(LayerState::Downloading, 0), at(2), false)),
+            ["Downloading 0"]
+        );
+        // Bytes moved too soon after the last event: held back.
+        assert!(
+            sent.events(&snapshot(LayerState::Downloading, 10), at(50), false)
+                .is_empty()
+        );
+        assert_eq!(
+            kinds(&sent.events(&snapshot(LayerState::Downloading, 20), at(160), false)),
+            ["Downloading 20"]
+        );
+        // The final pass sends the last count whatever the time.
+        assert_eq!(
+            kinds(&sent.events(&snapshot(LayerState::Downloading, 30), at(170), true)),
+            ["Downloading 30"]
+        );
+        assert_eq!(
+            kinds(&sent.events(&snapshot(LayerState::Done, 100), at(171), false)),
+            ["Done 100"]
+        );
     }
 }
