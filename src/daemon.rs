@@ -6,7 +6,9 @@
 //! bind the socket (replacing a
 //! stale one only if nothing answers on it), then serve. Reconciliation and
 //! background gc slot in before the socket opens as they land. Shutdown runs
-//! in reverse: stop accepting, let calls in flight finish, close the stores.
+//! in reverse: stop accepting, let calls in flight finish for the grace
+//! period, abort the pulls still running (what they stored stays under their
+//! leases; their images were never marked ready), close the stores.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +48,10 @@ pub enum DaemonError {
 /// How long what interrupted pulls stored stays protected after a restart, so
 /// the kubelet's retry resumes rather than starts over.
 const RECONCILE_GRACE_PERIOD_MS: u64 = 10 * 60 * 1000;
+
+/// How long connections may take to close once the pulls still running at
+/// the end of the shutdown grace period were aborted.
+const CONNECTIONS_DRAIN_AFTER_ABORT_MS: u64 = 2_000;
 
 /// A started daemon: stores open, boot recorded, socket bound.
 pub struct Daemon {
@@ -88,6 +94,13 @@ impl Daemon {
         crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
         let mut settings = PullSettings::default();
         settings.limits.pulls_max = config.pulls_max;
+        settings.limits.pulls_queued_max = config.pulls_queued_max;
+        settings.fetch.layer_downloads_max = config.layer_downloads_max;
+        settings.limits.layer_downloads_max = config.layer_downloads_max;
+        settings.extractions_max = config.extractions_max;
+        settings.limits.extractions_max = config.extractions_max;
+        settings.pull_deadline_ms = config.pull_deadline_ms;
+        settings.runtime_handlers = config.runtime_handlers.clone();
         if !settings.unpack.privileged_whiteouts {
             tracing::warn!(
                 "running without root: layers are unpacked with the unprivileged overlay \
@@ -96,7 +109,11 @@ impl Daemon {
             );
         }
         let registry = RegistryClient::new(
-            RegistryConfig::default(),
+            RegistryConfig {
+                progress_timeout_ms: config.progress_timeout_ms,
+                min_throughput: config.min_throughput,
+                ..RegistryConfig::default()
+            },
             Box::new(HostsDirectory::new(config.hosts_directory.clone())),
         );
         let service = Arc::new(ImageService::new(ImageServiceParts {
@@ -104,7 +121,7 @@ impl Daemon {
             content,
             snapshots,
             registry,
-            pinned: PinnedImages::default(),
+            pinned: PinnedImages::new(config.pinned_images.clone()),
             settings,
             boot_id: boot_id.clone(),
         }));
@@ -118,16 +135,62 @@ impl Daemon {
         })
     }
 
-    /// Serves until `shutdown` completes, then lets calls in flight finish.
+    /// Serves until `shutdown` completes; then stops accepting, lets calls in
+    /// flight finish for `shutdown_grace_period_ms`, and aborts the pulls
+    /// still running after that (their callers get `Unavailable`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
-        let served = api::serve(self.listener, self.service, shutdown).await;
-        tracing::info!(boot_id = %self.boot_id, "shutting down");
+        let grace_period = std::time::Duration::from_millis(self.config.shutdown_grace_period_ms);
+        let (shutdown_started, mut shutdown_seen) = tokio::sync::watch::channel(false);
+        let boot_id = self.boot_id.clone();
+        let signalled = async move {
+            shutdown.await;
+            tracing::info!(
+                boot_id = %boot_id,
+                grace_period_ms = grace_period.as_millis() as u64,
+                "shutting down"
+            );
+            let _ = shutdown_started.send(true);
+        };
+        let served = api::serve(self.listener, self.service.clone(), signalled);
+        tokio::pin!(served);
+        let grace_over = async {
+            if shutdown_seen.wait_for(|started| *started).await.is_err() {
+                // The server ended on its own: no grace period to count.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace_period).await;
+        };
+        let served = tokio::select! {
+            served = &mut served => served,
+            () = grace_over => {
+                let aborted = self.service.abort_pulls();
+                tracing::warn!(
+                    aborted_pulls = aborted,
+                    "grace period over: aborting the pulls still running"
+                );
+                // The aborted calls answer at once; a client that does not
+                // read them (or never acknowledges the HTTP/2 goaway) must
+                // not keep the daemon up.
+                let drain = std::time::Duration::from_millis(CONNECTIONS_DRAIN_AFTER_ABORT_MS);
+                match tokio::time::timeout(drain, served).await {
+                    Ok(served) => served,
+                    Err(_elapsed) => {
+                        tracing::warn!(
+                            drain_ms = CONNECTIONS_DRAIN_AFTER_ABORT_MS,
+                            "connections still open after the pulls were aborted; closing them"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
         if let Err(error) = std::fs::remove_file(&socket)
             && error.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(socket = %socket.display(), %error, "cannot remove the socket");
         }
+        tracing::info!(boot_id = %self.boot_id, "stopped");
         Ok(served?)
     }
 }

@@ -7,15 +7,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use cri_imaged::cli::ClientCommand;
-use cri_imaged::config::{Config, RawConfig};
+use cri_imaged::config::{self, Config, RawConfig};
 use cri_imaged::daemon::Daemon;
 
 #[derive(Parser, Debug)]
 #[command(name = "cri-imaged", version, about = "Kubernetes CRI image service")]
 struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format (default: text, or `log.format` of the config file).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +43,10 @@ enum Command {
         /// (the kubelet's serialized mode).
         #[arg(long = "pulls-max")]
         pulls_max: Option<usize>,
+        /// TOML config file (default: /etc/cri-imaged/config.toml as root, if
+        /// it exists). Flags override its values.
+        #[arg(long = "config", value_name = "FILE")]
+        config_file: Option<PathBuf>,
     },
     /// Check the store offline (stop the daemon first); exit 1 if problems are found.
     Fsck(cri_imaged::cli::FsckArgs),
@@ -52,23 +56,32 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     cri_imaged::fail_point::configure_from_environment();
+    let log_format = cli.log_format.map(|format| match format {
+        LogFormat::Text => config::LogFormat::Text,
+        LogFormat::Json => config::LogFormat::Json,
+    });
     match cli.command {
         Command::Serve {
             root,
             socket,
             hosts_directory,
             pulls_max,
+            config_file,
         } => serve(RawConfig {
             root,
             socket,
             hosts_directory,
             pulls_max,
+            config_file,
+            log_format,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Fsck(args) => Ok(cri_imaged::cli::run_fsck(args)),
-        Command::Client(command) => run_client(command),
+        Command::Client(command) => {
+            init_logging(log_format.unwrap_or(config::LogFormat::Text), "info");
+            run_client(command)
+        }
     }
 }
 
@@ -88,17 +101,29 @@ fn run_client(command: ClientCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long, after the server stopped, blocking work (an extraction of an
+/// aborted pull) may delay the exit. What it leaves is reconciled at startup.
+const RUNTIME_SHUTDOWN_TIMEOUT_MS: u64 = 2_000;
+
 fn serve(raw: RawConfig) -> anyhow::Result<()> {
     let config = Config::from_raw(raw).context("invalid configuration")?;
+    init_logging(config.log_format, &config.log_level);
+    if let Some(path) = &config.config_file {
+        tracing::info!(config_file = %path.display(), "configuration read");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let daemon = Daemon::start(config)?;
         daemon.run(shutdown_signal()).await?;
         anyhow::Ok(())
-    })
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(
+        RUNTIME_SHUTDOWN_TIMEOUT_MS,
+    ));
+    served
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -112,9 +137,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: config::LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRI_IMAGED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -122,7 +147,7 @@ fn init_logging(format: LogFormat) {
         // reports write failures with eprintln!, which panics on a closed stderr.
         .log_internal_errors(false);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
     }
 }

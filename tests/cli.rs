@@ -115,12 +115,23 @@ fn pull_list_inspect_fsinfo_version_and_remove_through_the_client() {
     let pulled = daemon.client("pull", &[&reference]);
     pulled.assert_success();
     assert_eq!(pulled.stdout, format!("{}\n", image.config_digest));
+    // Not a terminal: plain progress lines between the first and last line.
+    let progress: Vec<&str> = pulled.stderr.lines().collect();
+    assert_eq!(progress[0], format!("pulling {reference}"), "{pulled:#?}");
+    assert!(progress[1].starts_with("resolved sha256:"), "{pulled:#?}");
     assert!(
-        pulled
-            .stderr
-            .starts_with(&format!("pulling {reference} ... done in ")),
+        progress.last().unwrap().starts_with("done in "),
         "{pulled:#?}"
     );
+    for layer in &image.layers {
+        let short = &hex(&layer.digest)[..13];
+        assert!(
+            progress
+                .iter()
+                .any(|line| line.starts_with(short) && line.contains(" done ")),
+            "no final line for layer {short}: {pulled:#?}"
+        );
+    }
 
     // The table: a header and one row per tag, with a 13-character id.
     let table = daemon.client("images", &[]);
@@ -597,4 +608,58 @@ fn mount_shows_the_merged_read_only_root_and_unmount_releases_it() {
 /// EROFS on Linux.
 fn libc_erofs() -> i32 {
     rustix::io::Errno::ROFS.raw_os_error()
+}
+
+#[test]
+fn pull_output_json_prints_one_event_per_line_ending_with_the_image_id() {
+    let registry = TestRegistry::start();
+    let image = app_image();
+    Pusher::new(&registry)
+        .push_image("team/json", &image, "v1")
+        .unwrap();
+    let daemon = DaemonProcess::start();
+    let reference = format!("{}/team/json:v1", registry.host());
+
+    let pulled = daemon.client("pull", &[&reference, "--output", "json"]);
+    pulled.assert_success();
+    assert_eq!(pulled.stderr, "", "{pulled:#?}");
+    let events: Vec<serde_json::Value> = pulled
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+        .collect();
+    assert_eq!(events[0]["event"], "resolved", "{pulled:#?}");
+    assert_eq!(events[0]["config_digest"], image.config_digest.as_str());
+    assert_eq!(events[0]["layer_count"], image.layers.len());
+    assert_eq!(
+        events.last().unwrap(),
+        &serde_json::json!({"event": "done", "image_ref": image.config_digest}),
+        "{pulled:#?}"
+    );
+    for layer in &image.layers {
+        let last = events
+            .iter()
+            .rev()
+            .find(|event| event["event"] == "layer" && event["digest"] == layer.digest.as_str())
+            .unwrap_or_else(|| panic!("no event for layer {}: {pulled:#?}", layer.digest));
+        assert_eq!(last["state"], "done", "{pulled:#?}");
+        assert_eq!(last["downloaded_bytes"], layer.bytes.len(), "{pulled:#?}");
+        assert_eq!(last["total_bytes"], layer.bytes.len(), "{pulled:#?}");
+    }
+
+    // Present already: its layers are reused.
+    let again = daemon.client("pull", &[&reference, "-o", "json"]);
+    again.assert_success();
+    let reused = again
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["event"] == "layer" && event["state"] == "reused")
+        .count();
+    assert!(reused >= image.layers.len(), "{again:#?}");
+
+    let bad = daemon.client("pull", &["Not A Reference!", "-o", "json"]);
+    assert_eq!(bad.exit_code, Some(1), "{bad:#?}");
+    assert_eq!(bad.stdout, "", "{bad:#?}");
+    assert!(bad.stderr.contains("InvalidArgument"), "{bad:#?}");
 }

@@ -18,12 +18,18 @@
 //!   deduplication of downloads.
 //! - `cri_socket`: the real daemon over its unix socket with the generated CRI
 //!   clients: pull, list, status, remove, fs info, version, status, errors.
+//! - `pull_progress`: the admin PullWithProgress stream over the real daemon's
+//!   socket: event order, byte counts, joined pulls, reused layers, errors.
+//! - `config_file`: the real daemon started with `--config`: pinned patterns,
+//!   runtime handler platforms, serialized pulls, deadline, minimum throughput,
+//!   and bad files refused naming the key.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
 
 mod support;
 
 mod cli;
+mod config_file;
 mod content_store;
 mod cri_socket;
 mod daemon;
@@ -32,5 +38,6 @@ mod fsck;
 mod metadata_store;
 mod migrations;
 mod proto_wire;
+mod pull_progress;
 mod registry_faults;
 mod registry_pull;

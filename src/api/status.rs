@@ -29,6 +29,7 @@ pub fn to_status(error: &ServiceError) -> tonic::Status {
         ServiceError::ImageNotFound { .. } => tonic::Code::NotFound,
         ServiceError::NoLayers { .. } => tonic::Code::FailedPrecondition,
         ServiceError::InvalidMountTarget { .. } => tonic::Code::InvalidArgument,
+        ServiceError::PullDeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
         _ => tonic::Code::Internal,
     };
     tonic::Status::new(code, message)
@@ -45,7 +46,9 @@ fn registry_code(error: &RegistryError) -> tonic::Code {
         RegistryError::Unreachable { .. } | RegistryError::RateLimited { .. } => {
             tonic::Code::Unavailable
         }
-        RegistryError::Stalled { .. } => tonic::Code::DeadlineExceeded,
+        RegistryError::Stalled { .. } | RegistryError::TooSlow { .. } => {
+            tonic::Code::DeadlineExceeded
+        }
         RegistryError::UnexpectedStatus { status, .. } if *status >= 500 => {
             tonic::Code::Unavailable
         }

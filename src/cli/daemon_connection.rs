@@ -207,3 +207,44 @@ fn rpc_error(rpc: &'static str, status: tonic::Status) -> CliError {
         message: status.message().to_owned(),
     }
 }
+
+/// The events of one `cri_imaged.admin.v1.AdminService/PullWithProgress`
+/// call. No time limit: a pull may take long, and the daemon fails one whose
+/// registry stalls.
+pub struct PullProgressEvents {
+    stream: tonic::Streaming<admin::PullProgress>,
+}
+
+/// Starts PullWithProgress on a connection of its own. A daemon without the
+/// admin API answers `CliError::Rpc` with `tonic::Code::Unimplemented`, here
+/// or as the stream's first item.
+pub async fn pull_with_progress(
+    socket: &Path,
+    request: admin::PullWithProgressRequest,
+) -> Result<PullProgressEvents, CliError> {
+    let channel = connect_within_limit(socket, client::connect(socket)).await?;
+    let mut admin = AdminServiceClient::new(channel);
+    let response = admin
+        .pull_with_progress(request)
+        .await
+        .map_err(|status| rpc_error("PullWithProgress", status))?;
+    Ok(PullProgressEvents {
+        stream: response.into_inner(),
+    })
+}
+
+impl PullProgressEvents {
+    /// The next event; `None` once the stream ended cleanly.
+    pub async fn next(&mut self) -> Result<Option<admin::pull_progress::Event>, CliError> {
+        loop {
+            match self.stream.message().await {
+                Ok(Some(admin::PullProgress { event: Some(event) })) => return Ok(Some(event)),
+                // An empty message carries nothing to show; a newer daemon
+                // may send events this client does not know.
+                Ok(Some(admin::PullProgress { event: None })) => continue,
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(rpc_error("PullWithProgress", status)),
+            }
+        }
+    }
+}

@@ -2,9 +2,14 @@
 //! manifest out of an index, and bring every blob (index, manifest, config,
 //! layers) into the content store under the pull's lease, verified.
 //!
-//! Layers download concurrently, up to `layer_downloads_max` at once; a layer
+//! Layers download concurrently, up to `layer_downloads_max` at once in this
+//! pull and within the node-wide download slots given; a layer
 //! whose stream fails transiently is resumed from the bytes already stored (a
 //! `Range` request) up to `layer_resumes_max` times.
+//!
+//! Progress goes to the pull's [`PullProgress`]: `resolved` once the config is
+//! known, a state change when a layer gets its download slot and when it is
+//! stored, and a byte count per received chunk (an atomic add).
 
 use std::convert::Infallible;
 
@@ -14,6 +19,7 @@ use futures_util::StreamExt;
 use crate::content_store::{
     BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
 };
+use crate::image_service::pull_progress::PullProgress;
 use crate::oci::Descriptor;
 use crate::oci::manifest::{
     ImageConfig, ImageManifest, Manifest, ManifestError, ManifestLimits, decode_config,
@@ -98,6 +104,8 @@ pub struct RegistryBlobSource<'a> {
     first_endpoint: usize,
     /// Whether the request was answered; after that, a failure is the stream's.
     opened: bool,
+    /// Where this layer's bytes are counted, and its index in the manifest.
+    progress: (&'a PullProgress, usize),
 }
 
 impl BlobSource for RegistryBlobSource<'_> {
@@ -112,9 +120,24 @@ impl BlobSource for RegistryBlobSource<'_> {
             .open_blob_from_endpoint(&self.descriptor, offset_bytes, self.first_endpoint)
             .await?;
         self.opened = true;
+        let (progress, index) = self.progress;
+        progress.download_at(index, blob.offset_bytes);
+        // The stream is 'static, so it counts into a shared counter handle
+        // rather than borrowing the progress.
+        let stream = match progress.byte_counter(index) {
+            None => blob.stream,
+            Some(counter) => blob
+                .stream
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        counter.add(chunk.len() as u64);
+                    }
+                })
+                .boxed(),
+        };
         Ok(OpenedBlob {
             offset_bytes: blob.offset_bytes,
-            stream: blob.stream,
+            stream,
         })
     }
 }
@@ -134,7 +157,8 @@ impl BlobSource for InMemorySource {
     }
 }
 
-/// Fetches everything `reference` needs for `platform` into `store`, under `lease_id`.
+/// Fetches everything `reference` needs for `platform` into `store`, under
+/// `lease_id`, reporting to nobody.
 pub async fn fetch_image(
     session: &RepositorySession,
     store: &ContentStore,
@@ -143,6 +167,41 @@ pub async fn fetch_image(
     lease_id: &str,
     limits: &FetchLimits,
 ) -> Result<FetchedImage, FetchError> {
+    let progress = PullProgress::new();
+    let download_slots = tokio::sync::Semaphore::new(limits.layer_downloads_max.max(1));
+    let shared = FetchShared {
+        progress: &progress,
+        download_slots: &download_slots,
+    };
+    fetch_image_with_progress(
+        session, store, reference, platform, lease_id, limits, shared,
+    )
+    .await
+}
+
+/// What a fetch shares with the rest of the node.
+#[derive(Clone, Copy)]
+pub struct FetchShared<'a> {
+    /// Where the pull's progress is reported.
+    pub progress: &'a PullProgress,
+    /// Node-wide: each layer download holds one while it runs.
+    pub download_slots: &'a tokio::sync::Semaphore,
+}
+
+/// [`fetch_image`], reporting progress and taking download slots from `shared`.
+pub async fn fetch_image_with_progress(
+    session: &RepositorySession,
+    store: &ContentStore,
+    reference: &ImageReference,
+    platform: &Platform,
+    lease_id: &str,
+    limits: &FetchLimits,
+    shared: FetchShared<'_>,
+) -> Result<FetchedImage, FetchError> {
+    let FetchShared {
+        progress,
+        download_slots,
+    } = shared;
     let reference_text = reference.to_string();
     let manifest_error = |source| FetchError::Manifest {
         reference: reference_text.clone(),
@@ -243,6 +302,12 @@ pub async fn fetch_image(
         });
     }
 
+    progress.resolved(
+        &manifest_descriptor.digest,
+        &image_manifest.config.digest,
+        &image_manifest.layers,
+    );
+
     // Boxed so the stream's item type names no closure lifetimes, which keeps
     // the whole pull future `Send` for the gRPC server.
     type Download<'a> =
@@ -252,9 +317,21 @@ pub async fn fetch_image(
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
         downloads.push(Box::pin(async move {
-            fetch_layer(session, store, &layer, lease_id, resumes_max)
-                .await
-                .map(|outcome| (index, outcome))
+            // Never closed, so a failed acquire cannot happen; without a
+            // slot the download would merely run unbounded.
+            let _slot = download_slots.acquire().await.ok();
+            progress.download_started(index);
+            let outcome = fetch_layer(
+                session,
+                store,
+                &layer,
+                lease_id,
+                resumes_max,
+                (progress, index),
+            )
+            .await?;
+            progress.download_finished(index, outcome.already_present);
+            Ok((index, outcome))
         }));
     }
     let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads)
@@ -280,6 +357,7 @@ async fn fetch_layer(
     layer: &Descriptor,
     lease_id: &str,
     resumes_max: u32,
+    progress: (&PullProgress, usize),
 ) -> Result<IngestOutcome, FetchError> {
     let mut resumes = 0;
     loop {
@@ -288,6 +366,7 @@ async fn fetch_layer(
             descriptor: layer.clone(),
             first_endpoint: resumes as usize % session.endpoint_count().max(1),
             opened: false,
+            progress,
         };
         let request = IngestRequest {
             expected: layer,

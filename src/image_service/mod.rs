@@ -6,12 +6,14 @@
 //! - `fetch`: the content half of a pull (resolve, platform choice, verified
 //!   blobs into the content store).
 //! - `lookup`: what a CRI `ImageSpec.image` names (a name, an id, an id prefix).
+//! - `pull_progress`: the live per-layer progress table of one pull.
 
 pub mod fetch;
 mod inflight_pulls;
 mod lookup;
 pub mod mount;
 pub mod pull;
+pub mod pull_progress;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use crate::snapshot_store::{SnapshotError, SnapshotStore};
 
 pub use inflight_pulls::PullLimits;
 pub use lookup::ImageSelector;
-pub use pull::{PullRequest, PullSettings};
+pub use pull::{PullRequest, PullSettings, StartedPull};
 
 /// An image as the CRI API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +116,8 @@ pub enum ServiceError {
     ShuttingDown,
     #[error("too many pulls are waiting ({queued}); try again later")]
     TooManyPulls { queued: usize },
+    #[error("pull of {reference} did not finish within its {deadline_ms} ms deadline")]
+    PullDeadlineExceeded { reference: String, deadline_ms: u64 },
     #[error("the pull failed unexpectedly: {detail}")]
     PullTaskFailed { detail: String },
     #[error("no ready image named {image:?}")]

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use crate::content_store::ContentStore;
 use futures_util::FutureExt;
 
-use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image};
-use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused};
+use crate::image_service::fetch::{
+    FetchLimits, FetchShared, FetchedImage, fetch_image_with_progress,
+};
+use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused, SharedPull};
+use crate::image_service::pull_progress::PullProgress;
 use crate::image_service::{ImageService, ServiceError};
 use crate::metadata::{Image, ImageState, Lease, LeaseResource};
 use crate::oci::manifest::layer_compression;
@@ -47,6 +50,9 @@ pub struct PullSettings {
     pub unpack: UnpackOptions,
     pub extractions_max: usize,
     pub limits: PullLimits,
+    /// A pull still running this long after it started (after its turn in
+    /// the queue) fails with a deadline error; `None` means no deadline.
+    pub pull_deadline_ms: Option<u64>,
 }
 
 impl Default for PullSettings {
@@ -59,7 +65,24 @@ impl Default for PullSettings {
             unpack: UnpackOptions::for_current_user(),
             extractions_max: std::thread::available_parallelism().map_or(2, usize::from),
             limits: PullLimits::default(),
+            pull_deadline_ms: None,
         }
+    }
+}
+
+/// A pull started (or joined): its live progress and its outcome.
+pub struct StartedPull {
+    pub progress: Arc<PullProgress>,
+    /// Whether this call joined a pull another caller started.
+    pub joined: bool,
+    outcome: SharedPull<ServiceError>,
+}
+
+impl StartedPull {
+    /// Waits for the pull's outcome. Dropping this future does not cancel the
+    /// pull: it runs in its own task and other callers may share it.
+    pub async fn outcome(self) -> Result<Digest, Arc<ServiceError>> {
+        self.outcome.await
     }
 }
 
@@ -71,6 +94,16 @@ impl ImageService {
         self: &Arc<Self>,
         request: &PullRequest,
     ) -> Result<Digest, Arc<ServiceError>> {
+        self.start_pull(request)?.outcome().await
+    }
+
+    /// Validates `request` and starts its pull, or joins the identical pull in
+    /// flight. Every pull (CRI PullImage and the admin PullWithProgress) goes
+    /// through here, so both get the same checks, sharing and results.
+    pub fn start_pull(
+        self: &Arc<Self>,
+        request: &PullRequest,
+    ) -> Result<StartedPull, ServiceError> {
         let reference = ImageReference::parse_docker_ref(&request.image).map_err(|source| {
             ServiceError::InvalidReference {
                 input: crate::reference::bounded_echo(&request.image),
@@ -86,23 +119,66 @@ impl ImageService {
             platform: platform.clone(),
         };
         let service = self.clone();
-        let pull = async move {
-            service
-                .pull_uncached(reference, credentials, platform)
-                .await
-                .map_err(Arc::new)
-        }
-        .boxed();
-        let (joined, outcome) = self
+        let start = move |progress: Arc<PullProgress>| {
+            async move {
+                service
+                    .pull_within_deadline(reference, credentials, platform, progress)
+                    .await
+                    .map_err(Arc::new)
+            }
+            .boxed()
+        };
+        let joined = self
             .inflight
-            .join_or_start(key, pull, |refused| match refused {
+            .join_or_start(key, start, |refused| match refused {
                 PullRefused::QueueFull { queued } => ServiceError::TooManyPulls { queued },
                 PullRefused::TaskFailed { detail } => ServiceError::PullTaskFailed { detail },
+                PullRefused::Aborted => ServiceError::ShuttingDown,
             });
-        if joined {
+        if joined.joined {
             tracing::debug!(reference = %request.image, "joined a pull in flight");
         }
-        outcome.await
+        Ok(StartedPull {
+            progress: joined.progress,
+            joined: joined.joined,
+            outcome: joined.outcome,
+        })
+    }
+
+    /// Aborts every pull in flight (at shutdown, after the grace period);
+    /// returns how many there were. What they stored stays under their leases.
+    pub fn abort_pulls(&self) -> usize {
+        self.inflight.abort_all()
+    }
+
+    async fn pull_within_deadline(
+        &self,
+        reference: ImageReference,
+        credentials: RegistryCredentials,
+        platform: Platform,
+        progress: Arc<PullProgress>,
+    ) -> Result<Digest, ServiceError> {
+        let Some(deadline_ms) = self.settings.pull_deadline_ms else {
+            return self
+                .pull_uncached(reference, credentials, platform, progress)
+                .await;
+        };
+        let text = reference.to_string();
+        // On expiry the pull future is dropped at an await point: what it
+        // stored stays under its lease until that expires, and its image was
+        // never marked ready.
+        tokio::time::timeout(
+            std::time::Duration::from_millis(deadline_ms),
+            self.pull_uncached(reference, credentials, platform, progress),
+        )
+        .await
+        .unwrap_or_else(|_elapsed| {
+            tracing::warn!(reference = %text, deadline_ms, "pull deadline passed");
+            Err(ServiceError::PullDeadlineExceeded {
+                reference: text,
+                deadline_ms,
+            })
+        })
     }
 
     async fn pull_uncached(
@@ -110,6 +186,7 @@ impl ImageService {
         reference: ImageReference,
         credentials: RegistryCredentials,
         platform: Platform,
+        progress: Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
         let lease_id = format!("pull-{}", uuid::Uuid::new_v4().simple());
         let now = crate::metadata::unix_millis_now();
@@ -123,7 +200,7 @@ impl ImageService {
         self.metadata.write(|txn| txn.put_lease(&lease))?;
         let started = std::time::Instant::now();
         let pulled = self
-            .pull_under_lease(&reference, credentials, &platform, &lease_id)
+            .pull_under_lease(&reference, credentials, &platform, &lease_id, &progress)
             .await;
         if pulled.is_err() {
             // What was stored stays until gc; the lease no longer protects it.
@@ -165,19 +242,24 @@ impl ImageService {
         credentials: RegistryCredentials,
         platform: &Platform,
         lease_id: &str,
+        progress: &Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
         let session = self.registry.session(reference, credentials)?;
-        let fetched = fetch_image(
+        let fetched = fetch_image_with_progress(
             &session,
             &self.content,
             reference,
             platform,
             lease_id,
             &self.settings.fetch,
+            FetchShared {
+                progress,
+                download_slots: self.inflight.download_slots(),
+            },
         )
         .await?;
         let image = self.record_pulling(&fetched, reference, lease_id)?;
-        let top_chain_id = self.unpack_all(&fetched, lease_id).await?;
+        let top_chain_id = self.unpack_all(&fetched, lease_id, progress).await?;
         let id = image.id().clone();
         let mut names = Vec::new();
         if let Some(tag) = reference.tag() {
@@ -205,6 +287,7 @@ impl ImageService {
             Ok(())
         })?;
         crate::fail_point!("pull::after_ready_commit", ServiceError::ShuttingDown);
+        progress.all_layers_done();
         Ok(id)
     }
 
@@ -258,6 +341,7 @@ impl ImageService {
         &self,
         fetched: &FetchedImage,
         lease_id: &str,
+        progress: &Arc<PullProgress>,
     ) -> Result<Option<Digest>, ServiceError> {
         use futures_util::StreamExt;
         let chain = chain_ids(&fetched.config.diff_ids);
@@ -275,7 +359,11 @@ impl ImageService {
             Result<crate::snapshot_store::PreparedSnapshot, PrepareError<LayerError>>,
         >;
         let mut preparations: Vec<Preparation<'_>> = Vec::with_capacity(layers.len());
-        for (layer, blob) in layers.iter().zip(&fetched.image_manifest.layers) {
+        for (index, (layer, blob)) in layers
+            .iter()
+            .zip(&fetched.image_manifest.layers)
+            .enumerate()
+        {
             let snapshots = self.snapshots.clone();
             let content = self.content.clone();
             let options = UnpackOptions {
@@ -285,9 +373,17 @@ impl ImageService {
             let blob = blob.clone();
             let layer = layer.clone();
             let lease_id = lease_id.to_owned();
+            let progress = progress.clone();
+            let extraction_slots = self.inflight.extraction_slots().clone();
             preparations.push(Box::pin(async move {
+                // Taken before the snapshot's chain lock, so the holder of a
+                // chain lock always has its slot (no pull waits for a slot
+                // while holding a lock another pull needs).
+                let _slot = extraction_slots.acquire_owned().await.ok();
                 snapshots
                     .prepare(layer, &lease_id, move |directory| {
+                        // Runs only when the snapshot is not committed yet.
+                        progress.extraction_started(index);
                         unpack_blob(&content, &blob, directory, &options)
                     })
                     .await

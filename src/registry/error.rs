@@ -37,6 +37,16 @@ pub enum RegistryError {
         what: String,
         timeout_ms: u64,
     },
+    #[error(
+        "registry {registry} sent {received_bytes} bytes of {what} in {window_ms} ms, under the minimum of {bytes_per_second} bytes/s"
+    )]
+    TooSlow {
+        registry: String,
+        what: String,
+        received_bytes: u64,
+        window_ms: u64,
+        bytes_per_second: u64,
+    },
     #[error("{what} from registry {registry} has digest {received}, expected {expected}")]
     DigestMismatch {
         registry: String,
@@ -92,6 +102,7 @@ impl RegistryError {
             self,
             RegistryError::Unreachable { .. }
                 | RegistryError::Stalled { .. }
+                | RegistryError::TooSlow { .. }
                 | RegistryError::RateLimited { .. }
         ) || matches!(self, RegistryError::UnexpectedStatus { status, .. } if *status >= 500)
     }

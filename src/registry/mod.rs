@@ -44,7 +44,17 @@ pub struct RegistryConfig {
     pub connect_timeout_ms: u64,
     /// A response that sends no byte for this long has stalled.
     pub progress_timeout_ms: u64,
+    /// A blob stream slower than this over a whole window fails (and resumes
+    /// from the next endpoint); `None` means no minimum.
+    pub min_throughput: Option<MinThroughput>,
     pub user_agent: String,
+}
+
+/// The slowest blob download tolerated, measured over consecutive windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinThroughput {
+    pub bytes_per_second: u64,
+    pub window_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -61,6 +71,7 @@ impl Default for RegistryConfig {
             retry_backoff_max_ms: 10_000,
             connect_timeout_ms: 30_000,
             progress_timeout_ms: 5 * 60 * 1000,
+            min_throughput: None,
             user_agent: format!("cri-imaged/{}", env!("CARGO_PKG_VERSION")),
         }
     }

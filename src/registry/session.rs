@@ -17,7 +17,7 @@ use crate::reference::{Digest, DigestHasher, ImageReference};
 use crate::registry::auth::{self, BoundedReadError};
 use crate::registry::credentials::{Credentials, RegistryCredentials};
 use crate::registry::error::RegistryError;
-use crate::registry::{ClientInner, Endpoint};
+use crate::registry::{ClientInner, Endpoint, MinThroughput};
 
 /// Every manifest type we can use, in the order we prefer them.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -213,10 +213,20 @@ impl RepositorySession {
                 }
                 let what = format!("blob {}", descriptor.digest);
                 let timeout_ms = self.client.config.progress_timeout_ms;
+                let mut window = self
+                    .client
+                    .config
+                    .min_throughput
+                    .map(ThroughputWindow::new);
                 let stream = response
                     .bytes_stream()
                     .map(move |chunk| {
-                        chunk.map_err(|error| stream_error(&registry, &what, timeout_ms, &error))
+                        let chunk = chunk
+                            .map_err(|error| stream_error(&registry, &what, timeout_ms, &error))?;
+                        if let Some(window) = window.as_mut() {
+                            window.check(chunk.len() as u64, &registry, &what)?;
+                        }
+                        Ok(chunk)
                     })
                     .boxed();
                 Ok(BlobStream {
@@ -624,6 +634,48 @@ fn verify(
         });
     }
     Ok(())
+}
+
+/// Bytes received in the current window of a [`MinThroughput`] check. A
+/// stream that sends nothing at all is caught by the read timeout (a stall);
+/// this catches one that trickles. It is checked as chunks arrive, so a
+/// trickle is noticed at its first chunk after a window closes.
+struct ThroughputWindow {
+    minimum: MinThroughput,
+    started: std::time::Instant,
+    received_bytes: u64,
+}
+
+impl ThroughputWindow {
+    fn new(minimum: MinThroughput) -> ThroughputWindow {
+        ThroughputWindow {
+            minimum,
+            started: std::time::Instant::now(),
+            received_bytes: 0,
+        }
+    }
+
+    fn check(&mut self, chunk_bytes: u64, registry: &str, what: &str) -> Result<(), RegistryError> {
+        self.received_bytes += chunk_bytes;
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        if elapsed_ms < self.minimum.window_ms.max(1) {
+            return Ok(());
+        }
+        let wanted_bytes =
+            u128::from(self.minimum.bytes_per_second) * u128::from(elapsed_ms) / 1000;
+        if u128::from(self.received_bytes) < wanted_bytes {
+            return Err(RegistryError::TooSlow {
+                registry: registry.to_owned(),
+                what: what.to_owned(),
+                received_bytes: self.received_bytes,
+                window_ms: elapsed_ms,
+                bytes_per_second: self.minimum.bytes_per_second,
+            });
+        }
+        self.started = std::time::Instant::now();
+        self.received_bytes = 0;
+        Ok(())
+    }
 }
 
 /// A transport failure while sending or streaming, as a typed error.
