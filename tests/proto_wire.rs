@@ -328,7 +328,9 @@ fn admin_v1_shape() {
             ("PullWithProgress", true),
             ("CollectGarbage", false),
             ("ListLeases", false),
-            ("DaemonStatus", false)
+            ("DaemonStatus", false),
+            ("PrepareMount", false),
+            ("ReleaseMount", false),
         ]
     );
     let req = f

@@ -370,3 +370,89 @@ async fn errors_end_the_stream_with_the_status_pull_image_gives() {
         tonic::Code::Unavailable
     );
 }
+
+/// Every path under `directory` whose file name is `name`.
+fn find_named(directory: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name() == name {
+            found.push(path.clone());
+        }
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            found.extend(find_named(&path, name));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_layer_is_unpacked_while_it_is_still_downloading() {
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("early", b"the first entry of the archive\n")
+                .file("late", &incompressible(4 * 1024 * 1024, 9))
+                .build(Compression::Gzip),
+        )
+        .build();
+    Pusher::new(&registry)
+        .push_image("progress/streamed", &image, "v1")
+        .unwrap();
+    let proxy = FaultProxy::in_front_of(&registry);
+    proxy.add_rule(FaultRule::new(
+        "GET",
+        &format!("/blobs/{}", image.layers[0].digest),
+        // Past the content store's 1 MiB write batch, so the bytes before
+        // the stall reach the partial file.
+        Fault::StallBody {
+            after_bytes: 1536 * 1024,
+            duration: Duration::from_secs(6),
+        },
+    ));
+    let daemon = DaemonProcess::start();
+    let reference = format!("{}/progress/streamed:v1", proxy.host());
+    let mut admin = admin_client(&daemon).await;
+    let pulling = tokio::spawn(async move { pull_with_progress(&mut admin, &reference, "").await });
+
+    // While the blob is held back mid-download, its first file is already
+    // on disk in the layer's extracting snapshot, and the blob is not stored.
+    let extracting = daemon.state().join("snapshots/extracting");
+    let blob = daemon.state().join(format!(
+        "content/blobs/sha256/{}",
+        image.layers[0].digest.trim_start_matches("sha256:")
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_millis(5500);
+    let early = loop {
+        let found = find_named(&extracting, "early");
+        if let Some(path) = found.first() {
+            break path.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was unpacked while the download was held: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !blob.exists(),
+        "the blob was stored before its bytes were all in"
+    );
+    assert_eq!(
+        std::fs::read(&early).unwrap(),
+        b"the first entry of the archive\n"
+    );
+
+    let received = pulling.await.unwrap();
+    received.assert_complete(&image, admin::LayerState::Done);
+    assert!(blob.is_file());
+    let committed = find_named(&daemon.state().join("snapshots"), "late");
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    assert!(!committed[0].starts_with(&extracting), "{committed:?}");
+    assert!(find_named(&extracting, "early").is_empty());
+}

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::content_store::{
-    BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
+    BlobSource, BlobTap, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest,
+    OpenedBlob,
 };
 use crate::image_service::pull_progress::PullProgress;
 use crate::oci::Descriptor;
@@ -198,10 +199,57 @@ pub async fn fetch_image_with_progress(
     limits: &FetchLimits,
     shared: FetchShared<'_>,
 ) -> Result<FetchedImage, FetchError> {
-    let FetchShared {
-        progress,
-        download_slots,
-    } = shared;
+    let resolved = resolve_image(
+        session,
+        store,
+        reference,
+        platform,
+        lease_id,
+        limits,
+        shared.progress,
+    )
+    .await?;
+    let layers = fetch_layers(
+        session,
+        store,
+        &resolved,
+        lease_id,
+        limits,
+        shared,
+        Vec::new(),
+    )
+    .await?;
+    Ok(FetchedImage {
+        target: resolved.target,
+        manifest: resolved.manifest,
+        image_manifest: resolved.image_manifest,
+        config: resolved.config,
+        layers,
+    })
+}
+
+/// What a reference resolved to, with its manifests and config stored and
+/// leased: everything of an image but its layers.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// What the reference resolved to (an index or a manifest).
+    pub target: Descriptor,
+    pub manifest: Descriptor,
+    pub image_manifest: ImageManifest,
+    pub config: ImageConfig,
+}
+
+/// Resolves `reference` for `platform` and stores its index, manifest and
+/// config under `lease_id`.
+pub async fn resolve_image(
+    session: &RepositorySession,
+    store: &ContentStore,
+    reference: &ImageReference,
+    platform: &Platform,
+    lease_id: &str,
+    limits: &FetchLimits,
+    progress: &PullProgress,
+) -> Result<ResolvedImage, FetchError> {
     let reference_text = reference.to_string();
     let manifest_error = |source| FetchError::Manifest {
         reference: reference_text.clone(),
@@ -307,16 +355,47 @@ pub async fn fetch_image_with_progress(
         &image_manifest.config.digest,
         &image_manifest.layers,
     );
+    Ok(ResolvedImage {
+        target,
+        manifest: manifest_descriptor,
+        image_manifest,
+        config,
+    })
+}
+
+/// Downloads every layer of `resolved` into `store` under `lease_id`, at most
+/// `layer_downloads_max` at once for this pull and within the node's slots.
+/// `taps[i]`, when given, is layer i's tap: it is dropped as soon as that
+/// layer's download ends, so a reader following a failed download gets its
+/// error at once rather than when every layer is done.
+pub async fn fetch_layers(
+    session: &RepositorySession,
+    store: &ContentStore,
+    resolved: &ResolvedImage,
+    lease_id: &str,
+    limits: &FetchLimits,
+    shared: FetchShared<'_>,
+    taps: Vec<BlobTap>,
+) -> Result<Vec<IngestOutcome>, FetchError> {
+    let FetchShared {
+        progress,
+        download_slots,
+    } = shared;
+    let image_manifest = &resolved.image_manifest;
+    let mut taps: Vec<Option<BlobTap>> = taps.into_iter().map(Some).collect();
+    taps.resize_with(image_manifest.layers.len(), || None);
 
     // Boxed so the stream's item type names no closure lifetimes, which keeps
     // the whole pull future `Send` for the gRPC server.
     type Download<'a> =
         futures_util::future::BoxFuture<'a, Result<(usize, IngestOutcome), FetchError>>;
     let mut downloads: Vec<Download<'_>> = Vec::with_capacity(image_manifest.layers.len());
-    for (index, layer) in image_manifest.layers.iter().enumerate() {
+    for ((index, layer), tap) in image_manifest.layers.iter().enumerate().zip(taps) {
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
         downloads.push(Box::pin(async move {
+            // Owned by this download: dropped (ending its readers) when it ends.
+            let _tap = tap;
             // Never closed, so a failed acquire cannot happen; without a
             // slot the download would merely run unbounded.
             let _slot = download_slots.acquire().await.ok();
@@ -341,13 +420,7 @@ pub async fn fetch_image_with_progress(
         .into_iter()
         .collect::<Result<_, FetchError>>()?;
     layers.sort_by_key(|(index, _)| *index);
-    Ok(FetchedImage {
-        target,
-        manifest: manifest_descriptor,
-        image_manifest,
-        config,
-        layers: layers.into_iter().map(|(_, outcome)| outcome).collect(),
-    })
+    Ok(layers.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
 /// One layer, resumed after transient stream failures.

@@ -13,11 +13,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::content_store::ContentStore;
+use crate::content_store::{BlobTap, TapReader};
 use futures_util::FutureExt;
 
 use crate::image_service::fetch::{
-    FetchLimits, FetchShared, FetchedImage, fetch_image_with_progress,
+    FetchLimits, FetchShared, ResolvedImage, fetch_layers, resolve_image,
 };
 use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused, SharedPull};
 use crate::image_service::pull_progress::PullProgress;
@@ -245,21 +245,45 @@ impl ImageService {
         progress: &Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
         let session = self.registry.session(reference, credentials)?;
-        let fetched = fetch_image_with_progress(
+        let shared = FetchShared {
+            progress,
+            download_slots: self.inflight.download_slots(),
+        };
+        let fetched = resolve_image(
             &session,
             &self.content,
             reference,
             platform,
             lease_id,
             &self.settings.fetch,
-            FetchShared {
-                progress,
-                download_slots: self.inflight.download_slots(),
-            },
+            progress,
         )
         .await?;
         let image = self.record_pulling(&fetched, reference, lease_id)?;
-        let top_chain_id = self.unpack_all(&fetched, lease_id, progress).await?;
+        // Each layer unpacks while it downloads, reading the bytes the ingest
+        // writes through a tap; the snapshot commits only after the whole
+        // blob was verified (the tap's end of file) and the diff id matched.
+        let taps: Vec<BlobTap> = fetched
+            .image_manifest
+            .layers
+            .iter()
+            .map(|layer| self.content.tap(&layer.digest))
+            .collect();
+        let readers: Vec<TapReader> = taps.iter().map(BlobTap::reader).collect();
+        let downloading = fetch_layers(
+            &session,
+            &self.content,
+            &fetched,
+            lease_id,
+            &self.settings.fetch,
+            shared,
+            taps,
+        );
+        let unpacking = self.unpack_all(&fetched, readers, lease_id, progress);
+        let (downloaded, unpacked) = tokio::join!(downloading, unpacking);
+        // A failed download also fails its layer's unpack: report the cause.
+        downloaded?;
+        let top_chain_id = unpacked?;
         let id = image.id().clone();
         let mut names = Vec::new();
         if let Some(tag) = reference.tag() {
@@ -295,7 +319,7 @@ impl ImageService {
     /// ready stays ready (it is being re-pulled, not replaced).
     fn record_pulling(
         &self,
-        fetched: &FetchedImage,
+        fetched: &ResolvedImage,
         reference: &ImageReference,
         lease_id: &str,
     ) -> Result<Image, ServiceError> {
@@ -339,7 +363,8 @@ impl ImageService {
     /// snapshots base first. Returns the top chain id.
     async fn unpack_all(
         &self,
-        fetched: &FetchedImage,
+        fetched: &ResolvedImage,
+        readers: Vec<TapReader>,
         lease_id: &str,
         progress: &Arc<PullProgress>,
     ) -> Result<Option<Digest>, ServiceError> {
@@ -359,18 +384,18 @@ impl ImageService {
             Result<crate::snapshot_store::PreparedSnapshot, PrepareError<LayerError>>,
         >;
         let mut preparations: Vec<Preparation<'_>> = Vec::with_capacity(layers.len());
-        for (index, (layer, blob)) in layers
+        for (index, ((layer, blob), reader)) in layers
             .iter()
             .zip(&fetched.image_manifest.layers)
+            .zip(readers)
             .enumerate()
         {
             let snapshots = self.snapshots.clone();
-            let content = self.content.clone();
             let options = UnpackOptions {
                 expected_diff_id: Some(layer.diff_id.clone()),
                 ..self.settings.unpack.clone()
             };
-            let blob = blob.clone();
+            let media_type = blob.media_type.clone();
             let layer = layer.clone();
             let lease_id = lease_id.to_owned();
             let progress = progress.clone();
@@ -384,7 +409,7 @@ impl ImageService {
                     .prepare(layer, &lease_id, move |directory| {
                         // Runs only when the snapshot is not committed yet.
                         progress.extraction_started(index);
-                        unpack_blob(&content, &blob, directory, &options)
+                        unpack_blob(reader, &media_type, directory, &options)
                     })
                     .await
             }));
@@ -423,20 +448,26 @@ pub enum LayerError {
     Blob(#[from] crate::content_store::ContentError),
     #[error("layer media type {0:?} cannot be unpacked")]
     MediaType(String),
+    #[error("cannot read the layer blob as it downloads: {0}")]
+    BlobStream(#[source] std::io::Error),
 }
 
-/// Unpacks one stored layer blob into `directory` (blocking).
+/// Unpacks one layer blob, read through its tap, into `directory`
+/// (blocking). Reads the blob to its end, which the tap gives only once the
+/// ingest has verified the whole blob.
 fn unpack_blob(
-    content: &Arc<ContentStore>,
-    blob: &crate::oci::Descriptor,
+    reader: TapReader,
+    media_type: &str,
     directory: &std::path::Path,
     options: &UnpackOptions,
 ) -> Result<UnpackedSize, LayerError> {
-    let compression = layer_compression(&blob.media_type)
-        .ok_or_else(|| LayerError::MediaType(blob.media_type.clone()))?;
-    let file = content.open_blob(&blob.digest)?;
-    let reader = std::io::BufReader::with_capacity(1024 * 1024, file);
-    let outcome = unpack_layer(reader, compression, directory, options)?;
+    let compression = layer_compression(media_type)
+        .ok_or_else(|| LayerError::MediaType(media_type.to_owned()))?;
+    let mut reader = std::io::BufReader::with_capacity(1024 * 1024, reader);
+    let outcome = unpack_layer(&mut reader, compression, directory, options)?;
+    // Bytes after the compressed stream's end are part of the blob too: wait
+    // for its verification before the snapshot may be committed.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(LayerError::BlobStream)?;
     sync_filesystem_of(directory)?;
     Ok(UnpackedSize {
         size_bytes: outcome.size_bytes,

@@ -78,6 +78,11 @@ struct LayerEntry {
     /// The blob was already stored when this pull asked for it.
     blob_reused: bool,
     extracted: bool,
+    /// Its download finished (the blob is stored and verified).
+    downloaded: bool,
+    /// Its unpack started; a layer unpacks while it downloads, but reports
+    /// `Downloading` until its bytes are all in.
+    unpacking: bool,
 }
 
 /// Notifications of state changes of one [`PullProgress`].
@@ -187,6 +192,8 @@ impl PullProgress {
                     state: LayerState::Queued,
                     blob_reused: false,
                     extracted: false,
+                    downloaded: false,
+                    unpacking: false,
                 })
                 .collect();
         });
@@ -225,15 +232,33 @@ impl PullProgress {
             .send_if_modified(|table| match table.layers.get_mut(index) {
                 Some(entry) => {
                     entry.blob_reused = reused;
+                    entry.downloaded = true;
+                    // Its unpack, running since its first bytes, goes on.
+                    if entry.unpacking && entry.state != LayerState::Extracting {
+                        entry.state = LayerState::Extracting;
+                        return true;
+                    }
                     false
                 }
                 None => false,
             });
     }
 
-    /// Layer `index` is being unpacked.
+    /// Layer `index` is being unpacked: `Extracting` at once if its blob is
+    /// in, otherwise when its download finishes.
     pub(crate) fn extraction_started(&self, index: usize) {
-        self.set_state(index, LayerState::Extracting);
+        self.states
+            .send_if_modified(|table| match table.layers.get_mut(index) {
+                Some(entry) => {
+                    entry.unpacking = true;
+                    if entry.downloaded && entry.state != LayerState::Extracting {
+                        entry.state = LayerState::Extracting;
+                        return true;
+                    }
+                    false
+                }
+                None => false,
+            });
     }
 
     /// Every layer has its snapshot: `Reused` for those this pull neither
@@ -241,7 +266,7 @@ impl PullProgress {
     pub(crate) fn all_layers_done(&self) {
         self.states.send_modify(|table| {
             for entry in &mut table.layers {
-                let unpacked_now = entry.state == LayerState::Extracting;
+                let unpacked_now = entry.unpacking;
                 entry.extracted = true;
                 entry.state = if entry.blob_reused && !unpacked_now {
                     LayerState::Reused
