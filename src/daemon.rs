@@ -4,9 +4,10 @@
 //! corrupted or newer-schema file), record a new boot, open the content and
 //! snapshot stores, reconcile what a crash left, build the image service,
 //! bind the socket (replacing a
-//! stale one only if nothing answers on it), then serve. Reconciliation and
-//! background gc slot in before the socket opens as they land. Shutdown runs
-//! in reverse: stop accepting, let calls in flight finish, close the stores.
+//! stale one only if nothing answers on it), then serve, with the background
+//! gc worker running next to the server. Shutdown runs in reverse: stop
+//! accepting, let calls in flight finish, stop the gc worker after its pass in
+//! progress, close the stores.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use crate::api;
 use crate::config::Config;
 use crate::content_store::{ContentError, ContentLimits, ContentStore};
+use crate::gc::{GarbageCollector, GcPaths, GcSettings};
 use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
 use crate::registry::hosts::HostsDirectory;
@@ -52,6 +54,7 @@ pub struct Daemon {
     pub config: Config,
     pub boot_id: String,
     service: Arc<ImageService>,
+    gc: Arc<GarbageCollector>,
     listener: tokio::net::UnixListener,
 }
 
@@ -99,7 +102,17 @@ impl Daemon {
             RegistryConfig::default(),
             Box::new(HostsDirectory::new(config.hosts_directory.clone())),
         );
+        let gc = Arc::new(GarbageCollector::new(
+            metadata.clone(),
+            GcPaths {
+                content_directory: config.content_directory(),
+                snapshots_directory: config.snapshots_directory(),
+                trash_directory: config.root.join("gc-trash"),
+            },
+            GcSettings::default(),
+        ));
         let service = Arc::new(ImageService::new(ImageServiceParts {
+            gc: gc.clone(),
             metadata,
             content,
             snapshots,
@@ -114,6 +127,7 @@ impl Daemon {
             config,
             boot_id,
             service,
+            gc,
             listener,
         })
     }
@@ -121,8 +135,15 @@ impl Daemon {
     /// Serves until `shutdown` completes, then lets calls in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
+        let (stop_gc, gc_stopped) = tokio::sync::watch::channel(false);
+        let gc_worker = crate::gc::worker::spawn_worker(self.gc, gc_stopped);
         let served = api::serve(self.listener, self.service, shutdown).await;
         tracing::info!(boot_id = %self.boot_id, "shutting down");
+        // The worker stops between passes: a pass in progress finishes first.
+        let _ = stop_gc.send(true);
+        if let Err(error) = gc_worker.await {
+            tracing::warn!(%error, "the gc worker failed");
+        }
         if let Err(error) = std::fs::remove_file(&socket)
             && error.kind() != std::io::ErrorKind::NotFound
         {

@@ -19,6 +19,7 @@ pub mod content_store;
 pub mod daemon;
 pub mod durable_fs;
 pub mod fail_point;
+pub mod gc;
 pub mod image_service;
 pub mod metadata;
 pub mod oci;

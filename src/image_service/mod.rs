@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::content_store::{ContentError, ContentStore};
-use crate::metadata::{Image, ImageState, MetadataError, MetadataStore, NamedImage};
+use crate::gc::{GarbageCollector, GcError, GcReport};
+use crate::metadata::{Image, ImageState, Lease, MetadataError, MetadataStore, NamedImage};
 use crate::reference::{Digest, ReferenceError};
 use crate::registry::credentials::CredentialsError;
 use crate::registry::{RegistryClient, RegistryError};
@@ -115,6 +116,15 @@ pub enum ServiceError {
     TooManyPulls { queued: usize },
     #[error("the pull failed unexpectedly: {detail}")]
     PullTaskFailed { detail: String },
+    #[error(transparent)]
+    Gc(#[from] GcError),
+}
+
+/// A lease with the number of resources it protects, for ListLeases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub lease: Lease,
+    pub resource_count: u64,
 }
 
 /// Names that are pinned by configuration: exact names and `prefix*` patterns.
@@ -150,6 +160,7 @@ pub struct ImageService {
     /// This daemon boot's id, recorded on every lease it takes.
     boot_id: String,
     fs_usage_cache: std::sync::Mutex<Option<(std::time::Instant, FsUsage)>>,
+    gc: Arc<GarbageCollector>,
     inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
 }
 
@@ -162,6 +173,8 @@ pub struct ImageServiceParts {
     pub pinned: PinnedImages,
     pub settings: PullSettings,
     pub boot_id: String,
+    /// Woken after removals; runs passes on demand.
+    pub gc: Arc<GarbageCollector>,
 }
 
 impl ImageService {
@@ -174,6 +187,7 @@ impl ImageService {
             pinned: parts.pinned,
             boot_id: parts.boot_id,
             fs_usage_cache: std::sync::Mutex::new(None),
+            gc: parts.gc,
             inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
             settings: parts.settings,
         }
@@ -223,8 +237,34 @@ impl ImageService {
         if let Some((id, names)) = &removed {
             tracing::info!(image = %id, names = ?names, "image removed");
             self.usage_changed();
+            // Reclaims its content within seconds, without making the caller wait.
+            self.gc.request_pass();
         }
         Ok(removed.map(|(id, _)| id))
+    }
+
+    /// Runs a gc pass now (after any pass in progress) and reports what it removed.
+    pub async fn collect_garbage(&self) -> Result<GcReport, ServiceError> {
+        let report = self.gc.collect_now("requested").await?;
+        self.usage_changed();
+        Ok(report)
+    }
+
+    /// Every lease with the number of resources attached to it, in id order.
+    pub fn leases(&self) -> Result<Vec<LeaseView>, ServiceError> {
+        let read = self.metadata.read()?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (lease_id, _) in read.all_lease_resources()? {
+            *counts.entry(lease_id).or_default() += 1;
+        }
+        Ok(read
+            .leases()?
+            .into_iter()
+            .map(|lease| LeaseView {
+                resource_count: counts.get(&lease.id).copied().unwrap_or(0),
+                lease,
+            })
+            .collect())
     }
 
     /// The `info` map of a verbose ImageStatus: JSON values, as containerd

@@ -52,7 +52,7 @@ impl WriteTxn {
         self.now_unix_ms
     }
 
-    fn table(
+    pub(super) fn table(
         &self,
         definition: redb::TableDefinition<'static, &'static str, &'static [u8]>,
     ) -> Result<redb::Table<'_, &'static str, &'static [u8]>, MetadataError> {
@@ -61,7 +61,7 @@ impl WriteTxn {
             .map_err(Storage::storage("open table for writing"))
     }
 
-    fn multimap(
+    pub(super) fn multimap(
         &self,
         definition: redb::MultimapTableDefinition<'static, &'static str, &'static str>,
     ) -> Result<redb::MultimapTable<'_, &'static str, &'static str>, MetadataError> {
