@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::api::client;
+use crate::api::proto::cri_imaged::admin::v1 as admin;
+use crate::api::proto::cri_imaged::admin::v1::admin_service_client::AdminServiceClient;
 use crate::api::proto::runtime::v1 as cri;
 use crate::api::proto::runtime::v1::image_service_client::ImageServiceClient;
 use crate::cli::error::CliError;
@@ -93,6 +95,40 @@ impl ImageServiceConnection {
             "ImageFsInfo",
             &self.socket,
             self.client.image_fs_info(request),
+        )
+        .await
+    }
+}
+
+/// A connection to the daemon's `cri_imaged.admin.v1.AdminService`.
+pub struct AdminConnection {
+    socket: PathBuf,
+    client: AdminServiceClient<tonic::transport::Channel>,
+}
+
+impl AdminConnection {
+    pub async fn open(socket: &Path) -> Result<AdminConnection, CliError> {
+        let channel = connect_within_limit(socket, client::connect(socket)).await?;
+        Ok(AdminConnection {
+            socket: socket.to_path_buf(),
+            client: AdminServiceClient::new(channel),
+        })
+    }
+
+    pub async fn collect_garbage(&mut self) -> Result<admin::CollectGarbageResponse, CliError> {
+        call_within_limit(
+            "CollectGarbage",
+            &self.socket,
+            self.client.collect_garbage(admin::CollectGarbageRequest {}),
+        )
+        .await
+    }
+
+    pub async fn list_leases(&mut self) -> Result<admin::ListLeasesResponse, CliError> {
+        call_within_limit(
+            "ListLeases",
+            &self.socket,
+            self.client.list_leases(admin::ListLeasesRequest {}),
         )
         .await
     }

@@ -13,9 +13,11 @@ mod auth_file;
 mod daemon_connection;
 mod error;
 mod fsinfo;
+mod gc;
 mod human_format;
 mod images;
 mod inspect;
+mod leases;
 mod pull;
 mod rmi;
 mod table;
@@ -27,8 +29,10 @@ use std::process::ExitCode;
 
 pub use error::{AuthFileError, CliError};
 pub use fsinfo::FsinfoArgs;
+pub use gc::GcArgs;
 pub use images::ImagesArgs;
 pub use inspect::InspectArgs;
+pub use leases::LeasesArgs;
 pub use pull::PullArgs;
 pub use rmi::RmiArgs;
 pub use version::VersionArgs;
@@ -49,6 +53,10 @@ pub enum ClientCommand {
     Fsinfo(FsinfoArgs),
     /// Show the client's and the daemon's versions.
     Version(VersionArgs),
+    /// Run a garbage-collection pass now and print what it freed.
+    Gc(GcArgs),
+    /// List the leases that protect content from garbage collection.
+    Leases(LeasesArgs),
 }
 
 /// Where the daemon listens; every client subcommand takes it.
@@ -80,6 +88,8 @@ pub async fn run(command: ClientCommand) -> Result<ExitCode, CliError> {
         ClientCommand::Rmi(args) => rmi::run(args).await,
         ClientCommand::Fsinfo(args) => fsinfo::run(args).await,
         ClientCommand::Version(args) => version::run(args).await,
+        ClientCommand::Gc(args) => gc::run(args).await,
+        ClientCommand::Leases(args) => leases::run(args).await,
     }
 }
 
