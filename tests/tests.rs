@@ -20,6 +20,9 @@
 //!   clients: pull, list, status, remove, fs info, version, status, errors.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
+//! - `gc`: garbage collection and leases with the real daemon and registry:
+//!   removal reclaims exactly what only the removed image used, within
+//!   seconds; `cri-imaged gc` and `cri-imaged leases`.
 
 mod support;
 
@@ -27,6 +30,7 @@ mod cli;
 mod content_store;
 mod cri_socket;
 mod daemon;
+mod gc;
 mod metadata_store;
 mod migrations;
 mod proto_wire;
