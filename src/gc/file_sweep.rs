@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use crate::content_store::BlobPaths;
 use crate::gc::GcError;
-use crate::metadata::{MetadataStore, WriteTxn};
+use crate::metadata::{FileNamingKeys, MetadataStore, WriteTxn};
 use crate::reference::{Digest, DigestAlgorithm};
 
 /// What the file phase removed.
@@ -45,6 +45,8 @@ pub(crate) struct FilesRemoved {
     /// Entries whose names are not ours at all.
     pub unknown: Vec<PathBuf>,
     pub bytes_freed: u64,
+    /// How long other writers (pulls, removals) waited for this phase at most.
+    pub writers_held_ms: u64,
 }
 
 /// Where the file phase looks.
@@ -74,6 +76,7 @@ pub(crate) fn sweep_files(
     empty_trash(&directories.trash_directory)?;
     let mut removed = FilesRemoved::default();
     let mut trashed: Vec<PathBuf> = Vec::new();
+    let holding = std::time::Instant::now();
     metadata.with_writers_held(|txn| {
         // The closure's own errors travel out through this slot: the hold's
         // signature carries only metadata errors.
@@ -84,6 +87,7 @@ pub(crate) fn sweep_files(
             &mut trashed,
         ))
     })??;
+    removed.writers_held_ms = holding.elapsed().as_millis() as u64;
     for directory in trashed {
         removed.bytes_freed += tree_bytes(&directory);
         std::fs::remove_dir_all(&directory).map_err(GcError::io(&directory))?;
@@ -97,10 +101,11 @@ fn decide_and_delete(
     removed: &mut FilesRemoved,
     trashed: &mut Vec<PathBuf>,
 ) -> Result<(), GcError> {
+    let named = txn.file_naming_keys()?;
     let mut doomed = Vec::new();
-    list_blobs(txn, &directories.blob_paths, &mut doomed)?;
-    list_ingests(txn, &directories.blob_paths, &mut doomed)?;
-    list_snapshots(txn, directories, &mut doomed)?;
+    list_blobs(&named, &directories.blob_paths, &mut doomed)?;
+    list_ingests(&named, &directories.blob_paths, &mut doomed)?;
+    list_snapshots(&named, directories, &mut doomed)?;
     for entry in doomed {
         let path = match &entry {
             Doomed::Blob(_, path)
@@ -122,7 +127,11 @@ fn decide_and_delete(
     Ok(())
 }
 
-fn list_blobs(txn: &WriteTxn, paths: &BlobPaths, doomed: &mut Vec<Doomed>) -> Result<(), GcError> {
+fn list_blobs(
+    named: &FileNamingKeys,
+    paths: &BlobPaths,
+    doomed: &mut Vec<Doomed>,
+) -> Result<(), GcError> {
     let blobs_directory = paths.content_directory().join("blobs");
     for (name, path) in entries(&blobs_directory)? {
         let Some(algorithm) = KNOWN_ALGORITHMS
@@ -139,9 +148,9 @@ fn list_blobs(txn: &WriteTxn, paths: &BlobPaths, doomed: &mut Vec<Doomed>) -> Re
             match digest {
                 None => doomed.push(Doomed::Unknown(file)),
                 Some(digest) => {
-                    let named = txn.blob(&digest)?.is_some()
-                        || txn.ingest(&BlobPaths::ingest_key(&digest))?.is_some();
-                    if !named {
+                    let is_named = named.blob_digests.contains(digest.as_str())
+                        || named.ingest_keys.contains(&BlobPaths::ingest_key(&digest));
+                    if !is_named {
                         doomed.push(Doomed::Blob(digest, file));
                     }
                 }
@@ -152,14 +161,14 @@ fn list_blobs(txn: &WriteTxn, paths: &BlobPaths, doomed: &mut Vec<Doomed>) -> Re
 }
 
 fn list_ingests(
-    txn: &WriteTxn,
+    named: &FileNamingKeys,
     paths: &BlobPaths,
     doomed: &mut Vec<Doomed>,
 ) -> Result<(), GcError> {
     for (name, path) in entries(&paths.ingest_directory())? {
         match name.strip_suffix(".partial") {
             Some(key) if path.is_file() => {
-                if txn.ingest(key)?.is_none() {
+                if !named.ingest_keys.contains(key) {
                     doomed.push(Doomed::Ingest(key.to_owned(), path));
                 }
             }
@@ -170,7 +179,7 @@ fn list_ingests(
 }
 
 fn list_snapshots(
-    txn: &WriteTxn,
+    named: &FileNamingKeys,
     directories: &SweptDirectories,
     doomed: &mut Vec<Doomed>,
 ) -> Result<(), GcError> {
@@ -188,7 +197,7 @@ fn list_snapshots(
         match chain_id {
             None => doomed.push(Doomed::Unknown(path)),
             Some(chain_id) => {
-                if txn.snapshot(&chain_id)?.is_none() {
+                if !named.snapshot_chain_ids.contains(chain_id.as_str()) {
                     doomed.push(Doomed::Snapshot(chain_id, path));
                 }
             }

@@ -80,6 +80,9 @@ pub struct GcReport {
     /// The consistency problems that made the pass skip its file phase
     /// (empty when the file phase ran).
     pub file_phase_skipped_for: Vec<ConsistencyProblem>,
+    /// How long the file phase held the metadata write lock (pulls' commits
+    /// wait meanwhile; readers do not).
+    pub writers_held_ms: u64,
     pub duration_ms: u64,
 }
 
@@ -218,6 +221,7 @@ impl GarbageCollector {
                         leases_removed = report.leases_removed,
                         unknown_files_removed = report.unknown_files_removed,
                         bytes_freed = report.bytes_freed,
+                        writers_held_ms = report.writers_held_ms,
                         duration_ms = report.duration_ms,
                         "gc pass done"
                     );
@@ -272,6 +276,7 @@ impl GarbageCollector {
         report.ingests_removed = union_count(&records_removed.ingests, &files.ingests);
         report.unknown_files_removed = files.unknown.len() as u64;
         report.bytes_freed = files.bytes_freed;
+        report.writers_held_ms = files.writers_held_ms;
         Ok(report)
     }
 

@@ -37,6 +37,7 @@ pub use model::{
 pub use read::ReadSnapshot;
 pub use records::RecordError;
 pub use write::WriteTxn;
+pub use write_scans::FileNamingKeys;
 
 use redb::ReadableDatabase;
 

@@ -6,6 +6,8 @@
 //! no other commit can land in between (writers serialize). Readers still
 //! never wait.
 
+use std::collections::BTreeSet;
+
 use redb::{ReadableMultimapTable, ReadableTable};
 
 use crate::metadata::error::MetadataError;
@@ -16,6 +18,17 @@ use crate::metadata::tables::{BLOBS, IMAGES, INGESTS, LEASE_RESOURCES, SNAPSHOTS
 use crate::metadata::write::WriteTxn;
 
 type Storage = MetadataError;
+
+/// Record keys that name files (see [`WriteTxn::file_naming_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileNamingKeys {
+    /// `sha256:<hex>` of every blob record.
+    pub blob_digests: BTreeSet<String>,
+    /// Every ingest record's key (`sha256-<hex>`).
+    pub ingest_keys: BTreeSet<String>,
+    /// `sha256:<hex>` of every snapshot record, whatever its state.
+    pub snapshot_chain_ids: BTreeSet<String>,
+}
 
 impl WriteTxn {
     /// Every image, in id order, whatever its state.
@@ -84,6 +97,31 @@ impl WriteTxn {
             }
         }
         Ok(pairs)
+    }
+
+    /// The keys of the blob, ingest and snapshot tables: every name a file
+    /// under the content and snapshot directories can be known by. Keys only,
+    /// no record decoded, so gc's file phase holds writers briefly.
+    pub fn file_naming_keys(&self) -> Result<FileNamingKeys, MetadataError> {
+        Ok(FileNamingKeys {
+            blob_digests: self.keys(BLOBS, "scan blobs")?,
+            ingest_keys: self.keys(INGESTS, "scan ingests")?,
+            snapshot_chain_ids: self.keys(SNAPSHOTS, "scan snapshots")?,
+        })
+    }
+
+    fn keys(
+        &self,
+        definition: redb::TableDefinition<'static, &'static str, &'static [u8]>,
+        operation: &'static str,
+    ) -> Result<BTreeSet<String>, MetadataError> {
+        let table = self.table(definition)?;
+        let mut keys = BTreeSet::new();
+        for entry in table.iter().map_err(Storage::storage(operation))? {
+            let (key, _) = entry.map_err(Storage::storage(operation))?;
+            keys.insert(key.value().to_owned());
+        }
+        Ok(keys)
     }
 
     /// Attaches `resource` to lease `lease_id` only if the resource's record
