@@ -77,10 +77,14 @@ pub fn reconcile(
                 created_unix_ms: now,
                 expires_unix_ms: now + grace_period_ms,
                 boot_id: boot_id.to_owned(),
-                labels: BTreeMap::from([(
-                    "cri-imaged/purpose".to_owned(),
-                    "content of pulls interrupted by a restart".to_owned(),
-                )]),
+                labels: BTreeMap::from([
+                    (
+                        "cri-imaged/purpose".to_owned(),
+                        "content of pulls interrupted by a restart".to_owned(),
+                    ),
+                    // An operator's `cri-imaged gc` ends it early.
+                    (crate::gc::GRACE_LEASE_LABEL.to_owned(), "true".to_owned()),
+                ]),
             };
             txn.put_lease(&grace)?;
             kept.sort();

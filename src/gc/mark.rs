@@ -35,17 +35,32 @@ pub(crate) struct Unreachable {
     pub leases: Vec<String>,
 }
 
+/// The label that marks a grace lease: the one startup reconciliation takes
+/// over what pulls interrupted by a restart stored. A pass an operator asks for
+/// ends grace leases early.
+pub const GRACE_LEASE_LABEL: &str = "cri-imaged/grace";
+
+pub fn is_grace_lease(lease: &Lease) -> bool {
+    lease.labels.contains_key(GRACE_LEASE_LABEL)
+}
+
 /// Whether `lease` still protects what is attached to it at `now_unix_ms`.
 /// An expiry of 0 means the lease never expires (the admin API's convention).
 pub fn lease_is_live(lease: &Lease, now_unix_ms: u64) -> bool {
     lease.expires_unix_ms == 0 || lease.expires_unix_ms > now_unix_ms
 }
 
-pub(crate) fn find_unreachable(records: &StoreRecords, now_unix_ms: u64) -> Unreachable {
+/// `end_grace_leases`: treat grace leases as ended (an operator's pass).
+pub(crate) fn find_unreachable(
+    records: &StoreRecords,
+    now_unix_ms: u64,
+    end_grace_leases: bool,
+) -> Unreachable {
     let live_leases: BTreeSet<&str> = records
         .leases
         .iter()
         .filter(|lease| lease_is_live(lease, now_unix_ms))
+        .filter(|lease| !(end_grace_leases && is_grace_lease(lease)))
         .map(|lease| lease.id.as_str())
         .collect();
     let leased: BTreeSet<&LeaseResource> = records

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use mark::lease_is_live;
+pub use mark::{GRACE_LEASE_LABEL, is_grace_lease, lease_is_live};
 
 use crate::content_store::BlobPaths;
 use crate::metadata::{ConsistencyProblem, MetadataError, MetadataStore, check_consistency};
@@ -59,6 +59,33 @@ impl Default for GcSettings {
             after_removal_delay_ms: 500,
             lease_check_interval_ms: 60 * 1000,
         }
+    }
+}
+
+/// Why a pass runs. An operator's request also ends grace leases: what
+/// pulls interrupted by a restart stored is kept for the kubelet's retry, but
+/// an explicit `cri-imaged gc` reclaims it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassTrigger {
+    /// CollectGarbage (`cri-imaged gc`).
+    Requested,
+    ImageRemoved,
+    Schedule,
+    LeaseExpired,
+}
+
+impl PassTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassTrigger::Requested => "requested",
+            PassTrigger::ImageRemoved => "image removed",
+            PassTrigger::Schedule => "schedule",
+            PassTrigger::LeaseExpired => "lease expired",
+        }
+    }
+
+    fn ends_grace_leases(self) -> bool {
+        self == PassTrigger::Requested
     }
 }
 
@@ -190,9 +217,9 @@ impl GarbageCollector {
     }
 
     /// Runs one pass off the async runtime, after any pass in progress.
-    pub async fn collect_now(self: &Arc<Self>, reason: &'static str) -> Result<GcReport, GcError> {
+    pub async fn collect_now(self: &Arc<Self>, trigger: PassTrigger) -> Result<GcReport, GcError> {
         let collector = self.clone();
-        tokio::task::spawn_blocking(move || collector.collect(reason))
+        tokio::task::spawn_blocking(move || collector.collect(trigger))
             .await
             .map_err(|join_error| GcError::TaskFailed {
                 detail: join_error.to_string(),
@@ -200,13 +227,14 @@ impl GarbageCollector {
     }
 
     /// Runs one pass (blocking), after any pass in progress; logs one line.
-    pub fn collect(&self, reason: &str) -> Result<GcReport, GcError> {
+    pub fn collect(&self, trigger: PassTrigger) -> Result<GcReport, GcError> {
+        let reason = trigger.as_str();
         let _pass = self
             .pass
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let outcome = self.collect_locked();
+        let outcome = self.collect_locked(trigger);
         match &outcome {
             Ok(report) => {
                 let mut report = report.clone();
@@ -249,8 +277,8 @@ impl GarbageCollector {
         }
     }
 
-    fn collect_locked(&self) -> Result<GcReport, GcError> {
-        let records_removed = self.remove_unreachable_records()?;
+    fn collect_locked(&self, trigger: PassTrigger) -> Result<GcReport, GcError> {
+        let records_removed = self.remove_unreachable_records(trigger)?;
         crate::fail_point!(
             "gc::between_record_and_file_phase",
             GcError::FailPoint {
@@ -282,7 +310,7 @@ impl GarbageCollector {
 
     /// The record phase: one durable write transaction that reads every record,
     /// marks, and deletes what is unreachable.
-    fn remove_unreachable_records(&self) -> Result<RecordsRemoved, GcError> {
+    fn remove_unreachable_records(&self, trigger: PassTrigger) -> Result<RecordsRemoved, GcError> {
         Ok(self.metadata.write(|txn| {
             let records = mark::StoreRecords {
                 images: txn.images()?,
@@ -292,7 +320,8 @@ impl GarbageCollector {
                 leases: txn.leases()?,
                 lease_resources: txn.all_lease_resources()?,
             };
-            let unreachable = mark::find_unreachable(&records, txn.now_unix_ms());
+            let unreachable =
+                mark::find_unreachable(&records, txn.now_unix_ms(), trigger.ends_grace_leases());
             let mut leases_removed = 0;
             for lease_id in &unreachable.leases {
                 if txn.remove_lease(lease_id)?.is_some() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::content_store::BlobPaths;
-use crate::gc::{GarbageCollector, GcPaths, GcReport, GcSettings};
+use crate::gc::{GarbageCollector, GcPaths, GcReport, GcSettings, PassTrigger};
 use crate::metadata::{
     Blob, BlobState, Image, ImageState, Ingest, Lease, LeaseResource, MetadataStore, Snapshot,
     SnapshotState, check_consistency,
@@ -188,7 +188,7 @@ impl Fixture {
     }
 
     fn collect(&self) -> GcReport {
-        self.collector.collect("test").unwrap()
+        self.collector.collect(PassTrigger::Schedule).unwrap()
     }
 
     fn has_blob(&self, digest: &Digest) -> (bool, bool) {
@@ -648,7 +648,7 @@ async fn pulls_in_flight_never_lose_a_file_to_a_concurrent_pass() {
         tokio::spawn(async move {
             let mut passes = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                collector.collect_now("test").await.unwrap();
+                collector.collect_now(PassTrigger::Schedule).await.unwrap();
                 passes += 1;
             }
             passes
@@ -782,4 +782,55 @@ impl crate::content_store::BlobSource for MemorySource {
             stream: Box::pin(futures_util::stream::iter([Ok(rest)])),
         })
     }
+}
+
+#[test]
+fn an_operators_pass_ends_the_grace_lease_and_an_automatic_one_does_not() {
+    let fixture = Fixture::new();
+    let held = digest(0x0b, 1);
+    fixture.blob(&held, 10, &[]);
+    let retried = digest(0x0b, 2);
+    fixture.blob(&retried, 10, &[]);
+    let grace = Lease {
+        id: "grace-boot".to_owned(),
+        created_unix_ms: 1,
+        expires_unix_ms: now_ms() + HOUR_MS,
+        boot_id: "boot".to_owned(),
+        labels: BTreeMap::from([(super::GRACE_LEASE_LABEL.to_owned(), "true".to_owned())]),
+    };
+    fixture
+        .metadata
+        .write(|txn| {
+            txn.put_lease(&grace)?;
+            txn.attach_to_lease(&grace.id, &LeaseResource::Blob(held.clone()))?;
+            txn.attach_to_lease(&grace.id, &LeaseResource::Blob(retried.clone()))
+        })
+        .unwrap();
+    // A retry of the interrupted pull has already claimed one blob.
+    fixture.lease(
+        "pull-retry",
+        now_ms() + HOUR_MS,
+        &[LeaseResource::Blob(retried.clone())],
+    );
+
+    fixture.collect();
+    assert_eq!(fixture.has_blob(&held), BOTH);
+
+    let report = fixture.collector.collect(PassTrigger::Requested).unwrap();
+    assert_eq!(report.leases_removed, 1);
+    assert_eq!(fixture.has_blob(&held), NEITHER);
+    assert_eq!(
+        fixture.has_blob(&retried),
+        BOTH,
+        "the retry's own lease keeps it"
+    );
+    assert!(
+        fixture
+            .metadata
+            .read()
+            .unwrap()
+            .lease("pull-retry")
+            .unwrap()
+            .is_some()
+    );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::gc::GarbageCollector;
+use crate::gc::{GarbageCollector, PassTrigger};
 
 /// Starts the worker. It ends when `shutdown` turns `true` (or its sender is
 /// dropped); await the handle to know the last pass has finished.
@@ -48,7 +48,7 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
             .flatten()
             .min()
             .unwrap_or(lease_check);
-        let reason = tokio::select! {
+        let trigger = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     return;
@@ -64,13 +64,13 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
                     () = tokio::time::sleep(Duration::from_millis(settings.after_removal_delay_ms)) => {}
                     _ = shutdown.changed() => return,
                 }
-                "image removed"
+                PassTrigger::ImageRemoved
             }
             () = tokio::time::sleep_until(timer) => {
                 if Instant::now() >= next_scheduled {
-                    "schedule"
+                    PassTrigger::Schedule
                 } else if collector.has_expired_lease().unwrap_or(false) {
-                    "lease expired"
+                    PassTrigger::LeaseExpired
                 } else {
                     continue;
                 }
@@ -79,7 +79,7 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
         // Cleared before the pass: a removal during the pass asks for another.
         collector.pass_requested.store(false, Ordering::SeqCst);
         // The pass logs its own outcome.
-        let _ = collector.collect_now(reason).await;
+        let _ = collector.collect_now(trigger).await;
         next_scheduled = Instant::now() + Duration::from_millis(settings.schedule_interval_ms);
     }
 }

@@ -245,7 +245,10 @@ impl ImageService {
 
     /// Runs a gc pass now (after any pass in progress) and reports what it removed.
     pub async fn collect_garbage(&self) -> Result<GcReport, ServiceError> {
-        let report = self.gc.collect_now("requested").await?;
+        let report = self
+            .gc
+            .collect_now(crate::gc::PassTrigger::Requested)
+            .await?;
         self.usage_changed();
         Ok(report)
     }
