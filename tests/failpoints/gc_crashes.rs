@@ -1,7 +1,12 @@
-//! A gc pass killed between its record phase and its file phase: the records
-//! of the removed image's content are gone (committed), its files are still on
-//! disk. After a restart the daemon starts, the remaining image is intact and
-//! listed, the store is consistent, and a pass removes the leftover files.
+//! Crash drills that end with gc reclaiming what the crash left:
+//! - a gc pass killed between its record phase and its file phase: the records
+//!   of the removed image's content are gone (committed), its files are still
+//!   on disk. After a restart the daemon starts, the remaining image is intact
+//!   and listed, the store is consistent, and a pass removes the leftover files.
+//! - a pull killed in the middle of a layer's extraction: after a restart
+//!   nothing is listed, the half-written layer is gone, the retry reuses the
+//!   downloaded blobs, and removing the image then running `cri-imaged gc`
+//!   leaves empty directories and no record (nothing leaked).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,4 +207,114 @@ async fn killed_between_the_record_and_file_phases_a_restarted_pass_removes_the_
 
     let (store, _) = MetadataStore::open(&state.join("metadata.redb")).unwrap();
     assert_eq!(check_consistency(&store.read().unwrap()).unwrap(), vec![]);
+}
+
+fn listing(directory: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn run_gc(socket: &Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
+        .args(["gc", "--output", "json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn killed_mid_extraction_the_retry_reuses_the_blobs_and_removal_then_gc_leaks_nothing() {
+    let registry = TestRegistry::start();
+    let layer_with_many_entries = (0..20).fold(LayerBuilder::new(), |layer, number| {
+        layer.file(&format!("files/{number}"), &[number as u8; 5_000])
+    });
+    let image = ImageBuilder::new()
+        .layer(layer_with_many_entries.build(Compression::Gzip))
+        .layer(
+            LayerBuilder::new()
+                .file("top", &[9; 10_000])
+                .build(Compression::Zstd),
+        )
+        .build();
+    Pusher::new(&registry)
+        .push_image("team/app", &image, "v1")
+        .unwrap();
+    let name = format!("{}/team/app:v1", registry.host());
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+
+    let mut daemon = start(root.path(), Some("unpack::mid_extraction=return(abort)")).await;
+    let mut images = client::image_client(&daemon.socket).await.unwrap();
+    images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        !daemon.child.wait().unwrap().success(),
+        "aborted at the fail point"
+    );
+    drop(images);
+    drop(daemon);
+    assert!(
+        !listing(&state.join("snapshots/extracting")).is_empty(),
+        "the crash left a half-extracted layer"
+    );
+
+    let daemon = start(root.path(), None).await;
+    assert!(
+        listing(&state.join("snapshots/extracting")).is_empty(),
+        "reconciliation removed the half-extracted layer"
+    );
+    let mut images = client::image_client(&daemon.socket).await.unwrap();
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.images.is_empty(), "{listed:?}");
+    let log_before = registry.log_text();
+    images
+        .pull_image(cri::PullImageRequest {
+            image: spec(&name),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let new_log = registry.log_text()[log_before.len()..].to_owned();
+    for layer in &image.layers {
+        assert!(
+            !new_log.contains(&format!("/blobs/{}", layer.digest)),
+            "layer {} downloaded again",
+            layer.digest
+        );
+    }
+
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&name) })
+        .await
+        .unwrap();
+    // The explicit pass ends the grace lease too, so everything goes now.
+    let report = run_gc(&daemon.socket);
+    assert_eq!(report["ingestsRemoved"], 0, "{report}");
+    assert!(listing(&state.join("content/blobs/sha256")).is_empty());
+    assert!(listing(&state.join("content/ingest")).is_empty());
+    assert_eq!(listing(&state.join("snapshots")), ["extracting"]);
+    drop(images);
+    drop(daemon);
+
+    let (store, _) = MetadataStore::open(&state.join("metadata.redb")).unwrap();
+    let counts = store.read().unwrap().counts().unwrap();
+    assert_eq!(counts.total(), 0, "records leaked: {counts:?}");
 }
