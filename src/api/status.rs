@@ -26,6 +26,9 @@ pub fn to_status(error: &ServiceError) -> tonic::Status {
         ServiceError::Unpack { .. } => tonic::Code::FailedPrecondition,
         ServiceError::ShuttingDown => tonic::Code::Unavailable,
         ServiceError::TooManyPulls { .. } => tonic::Code::ResourceExhausted,
+        ServiceError::Gc(crate::gc::GcError::StoreInconsistent { .. }) => {
+            tonic::Code::FailedPrecondition
+        }
         _ => tonic::Code::Internal,
     };
     tonic::Status::new(code, message)

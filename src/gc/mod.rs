@@ -128,6 +128,13 @@ pub enum GcError {
     TaskFailed { detail: String },
     #[error("fail point {name} fired")]
     FailPoint { name: &'static str },
+    #[error(
+        "gc deleted no file: the store fails its consistency check with {} problem(s), \
+         the first: {}; run fsck",
+        problems.len(),
+        problems.first().map_or_else(String::new, ToString::to_string)
+    )]
+    StoreInconsistent { problems: Vec<ConsistencyProblem> },
 }
 
 impl GcError {

@@ -503,6 +503,15 @@ fn a_store_failing_its_consistency_check_loses_records_but_no_file() {
     assert_eq!(fixture.has_blob(&orphan), (false, true));
     assert!(fixture.blob_paths.blob(&unrecorded).is_file());
     assert!(fixture.blob_paths.blob(&id).is_file());
+    // What an operator's CollectGarbage answers then: the object concerned.
+    let message = super::GcError::StoreInconsistent {
+        problems: report.file_phase_skipped_for,
+    }
+    .to_string();
+    assert!(
+        message.starts_with("gc deleted no file") && message.contains(id.as_str()),
+        "{message}"
+    );
 }
 
 #[test]

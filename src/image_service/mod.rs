@@ -243,14 +243,26 @@ impl ImageService {
         Ok(removed.map(|(id, _)| id))
     }
 
-    /// Runs a gc pass now (after any pass in progress) and reports what it removed.
+    /// Runs a gc pass now (after any pass in progress) and reports what it
+    /// removed. A store failing its consistency check is an error here: the
+    /// operator asked to reclaim space and none was (no file is deleted then).
     pub async fn collect_garbage(&self) -> Result<GcReport, ServiceError> {
         let report = self
             .gc
             .collect_now(crate::gc::PassTrigger::Requested)
             .await?;
         self.usage_changed();
+        if !report.file_phase_skipped_for.is_empty() {
+            return Err(ServiceError::Gc(GcError::StoreInconsistent {
+                problems: report.file_phase_skipped_for,
+            }));
+        }
         Ok(report)
+    }
+
+    /// The report of the last gc pass that completed, if any (for DaemonStatus).
+    pub fn last_gc_report(&self) -> Option<GcReport> {
+        self.gc.last_report()
     }
 
     /// Every lease with the number of resources attached to it, in id order.
