@@ -611,6 +611,9 @@ async fn the_worker_runs_a_pass_when_the_earliest_lease_expires() {
         now_ms() + 300,
         &[LeaseResource::Blob(held.clone())],
     );
+    // A lease expiring in the far future neither overflows the timer nor
+    // delays the earlier one.
+    fixture.lease("far", u64::MAX - 1, &[]);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = super::worker::spawn_worker(fixture.collector.clone(), stopped);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -23,7 +23,7 @@ pub fn spawn_worker(
 
 async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let settings = collector.settings().clone();
-    let mut next_scheduled = Instant::now() + Duration::from_millis(settings.schedule_interval_ms);
+    let mut next_scheduled = instant_after_ms(settings.schedule_interval_ms);
     loop {
         if *shutdown.borrow() {
             return;
@@ -32,9 +32,7 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
             Ok(Some(expires_unix_ms)) => {
                 let now = crate::metadata::unix_millis_now();
                 // One millisecond past the expiry: a lease is live until then.
-                Some(
-                    Instant::now() + Duration::from_millis(expires_unix_ms.saturating_sub(now) + 1),
-                )
+                Some(instant_after_ms(expires_unix_ms.saturating_sub(now) + 1))
             }
             Ok(None) => None,
             Err(error) => {
@@ -42,7 +40,7 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
                 None
             }
         };
-        let lease_check = Instant::now() + Duration::from_millis(settings.lease_check_interval_ms);
+        let lease_check = instant_after_ms(settings.lease_check_interval_ms);
         let timer = [Some(next_scheduled), lease_wake, Some(lease_check)]
             .into_iter()
             .flatten()
@@ -80,6 +78,15 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
         collector.pass_requested.store(false, Ordering::SeqCst);
         // The pass logs its own outcome.
         let _ = collector.collect_now(trigger).await;
-        next_scheduled = Instant::now() + Duration::from_millis(settings.schedule_interval_ms);
+        next_scheduled = instant_after_ms(settings.schedule_interval_ms);
     }
+}
+
+/// Waits longer than this are cut to it: a lease expiring in the far future
+/// (or a huge setting) must not overflow the clock, and the worker re-reads
+/// the leases long before anyway.
+const WAIT_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
+
+fn instant_after_ms(wait_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(wait_ms.min(WAIT_MS_MAX))
 }
