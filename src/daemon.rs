@@ -4,11 +4,12 @@
 //! corrupted or newer-schema file), record a new boot, open the content and
 //! snapshot stores, reconcile what a crash left, build the image service,
 //! bind the socket (replacing a
-//! stale one only if nothing answers on it), then serve. Reconciliation and
-//! background gc slot in before the socket opens as they land. Shutdown runs
-//! in reverse: stop accepting, let calls in flight finish for the grace
-//! period, abort the pulls still running (what they stored stays under their
-//! leases; their images were never marked ready), close the stores.
+//! stale one only if nothing answers on it), then serve, with the background
+//! gc worker running next to the server. Shutdown runs in reverse: stop
+//! accepting, let calls in flight finish for the grace period, abort the
+//! pulls still running (what they stored stays under their leases; their
+//! images were never marked ready), stop the gc worker after its pass in
+//! progress, close the stores.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use crate::api;
 use crate::config::Config;
 use crate::content_store::{ContentError, ContentLimits, ContentStore};
+use crate::gc::{GarbageCollector, GcPaths, GcSettings};
 use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
 use crate::registry::hosts::HostsDirectory;
@@ -58,6 +60,7 @@ pub struct Daemon {
     pub config: Config,
     pub boot_id: String,
     service: Arc<ImageService>,
+    gc: Arc<GarbageCollector>,
     listener: tokio::net::UnixListener,
 }
 
@@ -116,7 +119,17 @@ impl Daemon {
             },
             Box::new(HostsDirectory::new(config.hosts_directory.clone())),
         );
+        let gc = Arc::new(GarbageCollector::new(
+            metadata.clone(),
+            GcPaths {
+                content_directory: config.content_directory(),
+                snapshots_directory: config.snapshots_directory(),
+                trash_directory: config.root.join("gc-trash"),
+            },
+            GcSettings::default(),
+        ));
         let service = Arc::new(ImageService::new(ImageServiceParts {
+            gc: gc.clone(),
             metadata,
             content,
             snapshots,
@@ -131,6 +144,7 @@ impl Daemon {
             config,
             boot_id,
             service,
+            gc,
             listener,
         })
     }
@@ -140,6 +154,8 @@ impl Daemon {
     /// still running after that (their callers get `Unavailable`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
+        let (stop_gc, gc_stopped) = tokio::sync::watch::channel(false);
+        let gc_worker = crate::gc::worker::spawn_worker(self.gc, gc_stopped);
         let grace_period = std::time::Duration::from_millis(self.config.shutdown_grace_period_ms);
         let (shutdown_started, mut shutdown_seen) = tokio::sync::watch::channel(false);
         let boot_id = self.boot_id.clone();
@@ -185,6 +201,11 @@ impl Daemon {
                 }
             }
         };
+        // The worker stops between passes: a pass in progress finishes first.
+        let _ = stop_gc.send(true);
+        if let Err(error) = gc_worker.await {
+            tracing::warn!(%error, "the gc worker failed");
+        }
         if let Err(error) = std::fs::remove_file(&socket)
             && error.kind() != std::io::ErrorKind::NotFound
         {

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod durable_fs;
 pub mod fail_point;
 pub mod fsck;
+pub mod gc;
 pub mod image_service;
 pub mod metadata;
 pub mod oci;

@@ -5,7 +5,8 @@
 //! - Leases of earlier boots end. What they protected that was stored safely
 //!   (verified blobs, partial ingests with their offsets, committed snapshots)
 //!   moves under one grace lease of this boot, so the kubelet's retry resumes
-//!   instead of starting over; gc reclaims it once the grace period ends.
+//!   instead of starting over; gc reclaims it once the grace period ends (the
+//!   gc worker wakes when the grace lease expires).
 //! - Images left `pulling` become `gc_pending`: never shown, reclaimed by gc.
 //! - Snapshots left `extracting` lose their record, and every directory under
 //!   `snapshots/extracting/` is removed.
@@ -79,18 +80,24 @@ pub fn reconcile(
                 created_unix_ms: now,
                 expires_unix_ms: now + grace_period_ms,
                 boot_id: boot_id.to_owned(),
-                labels: BTreeMap::from([(
-                    "cri-imaged/purpose".to_owned(),
-                    "content of pulls interrupted by a restart".to_owned(),
-                )]),
+                labels: BTreeMap::from([
+                    (
+                        "cri-imaged/purpose".to_owned(),
+                        "content of pulls interrupted by a restart".to_owned(),
+                    ),
+                    // An operator's `cri-imaged gc` ends it early.
+                    (crate::gc::GRACE_LEASE_LABEL.to_owned(), "true".to_owned()),
+                ]),
             };
             txn.put_lease(&grace)?;
             kept.sort();
             kept.dedup();
+            // Only what is still recorded: a lease naming nothing protects nothing.
             for resource in &kept {
-                txn.attach_to_lease(&grace.id, resource)?;
+                if txn.attach_existing_to_lease(&grace.id, resource)? {
+                    summary.resources_kept_for_grace += 1;
+                }
             }
-            summary.resources_kept_for_grace = kept.len() as u64;
         }
         Ok(())
     })?;

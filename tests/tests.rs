@@ -25,6 +25,9 @@
 //!   and bad files refused naming the key.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
+//! - `gc`: garbage collection and leases with the real daemon and registry:
+//!   removal reclaims exactly what only the removed image used, within
+//!   seconds; `cri-imaged gc` and `cri-imaged leases`.
 
 mod support;
 
@@ -35,6 +38,7 @@ mod cri_socket;
 mod daemon;
 mod drills;
 mod fsck;
+mod gc;
 mod metadata_store;
 mod migrations;
 mod proto_wire;

@@ -30,6 +30,9 @@ pub fn to_status(error: &ServiceError) -> tonic::Status {
         ServiceError::NoLayers { .. } => tonic::Code::FailedPrecondition,
         ServiceError::InvalidMountTarget { .. } => tonic::Code::InvalidArgument,
         ServiceError::PullDeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
+        ServiceError::Gc(crate::gc::GcError::StoreInconsistent { .. }) => {
+            tonic::Code::FailedPrecondition
+        }
         _ => tonic::Code::Internal,
     };
     tonic::Status::new(code, message)

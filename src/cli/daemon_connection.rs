@@ -108,10 +108,10 @@ pub struct AdminConnection {
 
 impl AdminConnection {
     pub async fn open(socket: &Path) -> Result<AdminConnection, CliError> {
-        let client = connect_within_limit(socket, client::admin_client(socket)).await?;
+        let channel = connect_within_limit(socket, client::connect(socket)).await?;
         Ok(AdminConnection {
             socket: socket.to_path_buf(),
-            client,
+            client: AdminServiceClient::new(channel),
         })
     }
 
@@ -143,6 +143,24 @@ impl AdminConnection {
             "ReleaseMount",
             &self.socket,
             self.client.release_mount(request),
+        )
+        .await
+    }
+
+    pub async fn collect_garbage(&mut self) -> Result<admin::CollectGarbageResponse, CliError> {
+        call_within_limit(
+            "CollectGarbage",
+            &self.socket,
+            self.client.collect_garbage(admin::CollectGarbageRequest {}),
+        )
+        .await
+    }
+
+    pub async fn list_leases(&mut self) -> Result<admin::ListLeasesResponse, CliError> {
+        call_within_limit(
+            "ListLeases",
+            &self.socket,
+            self.client.list_leases(admin::ListLeasesRequest {}),
         )
         .await
     }

@@ -14,9 +14,11 @@ mod daemon_connection;
 mod error;
 mod fsck;
 mod fsinfo;
+mod gc;
 mod human_format;
 mod images;
 mod inspect;
+mod leases;
 mod mount;
 mod pull;
 mod rmi;
@@ -30,8 +32,10 @@ use std::process::ExitCode;
 pub use error::{AuthFileError, CliError};
 pub use fsck::FsckArgs;
 pub use fsinfo::FsinfoArgs;
+pub use gc::GcArgs;
 pub use images::ImagesArgs;
 pub use inspect::InspectArgs;
+pub use leases::LeasesArgs;
 pub use mount::{MountArgs, UnmountArgs};
 pub use pull::PullArgs;
 pub use rmi::RmiArgs;
@@ -53,6 +57,10 @@ pub enum ClientCommand {
     Fsinfo(FsinfoArgs),
     /// Show the client's and the daemon's versions.
     Version(VersionArgs),
+    /// Run a garbage-collection pass now and print what it freed.
+    Gc(GcArgs),
+    /// List the leases that protect content from garbage collection.
+    Leases(LeasesArgs),
     /// Mount an image's root filesystem read-only on a directory.
     Mount(MountArgs),
     /// Unmount what `mount` mounted and release the image.
@@ -101,6 +109,8 @@ pub async fn run(command: ClientCommand) -> Result<ExitCode, CliError> {
         ClientCommand::Version(args) => version::run(args).await,
         ClientCommand::Mount(args) => mount::run_mount(args).await,
         ClientCommand::Unmount(args) => mount::run_unmount(args).await,
+        ClientCommand::Gc(args) => gc::run(args).await,
+        ClientCommand::Leases(args) => leases::run(args).await,
     }
 }
 

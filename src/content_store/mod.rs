@@ -201,9 +201,12 @@ impl ContentStore {
         let Some(blob) = self.present_blob(digest)? else {
             return Ok(None);
         };
-        self.metadata
-            .write(|txn| txn.attach_to_lease(lease_id, &LeaseResource::Blob(digest.clone())))?;
-        Ok(Some(blob))
+        // Checked again in the transaction: gc may have removed the record
+        // since the read, and the caller then downloads the blob again.
+        let attached = self.metadata.write(|txn| {
+            txn.attach_existing_to_lease(lease_id, &LeaseResource::Blob(digest.clone()))
+        })?;
+        Ok(attached.then_some(blob))
     }
 
     /// Opens a tap on `digest`: a reader of its bytes as the next ingest of

@@ -328,7 +328,7 @@ pub async fn resolve_image(
         .await?;
     }
 
-    let config_bytes = match store.present_blob(&image_manifest.config.digest)? {
+    let config_bytes = match store.attach_if_present(&image_manifest.config.digest, lease_id)? {
         Some(_) => store.read_verified(
             &image_manifest.config.digest,
             limits.manifest.config_bytes_max,

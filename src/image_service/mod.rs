@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::content_store::{ContentError, ContentStore};
-use crate::metadata::{Image, ImageState, MetadataError, MetadataStore, NamedImage};
+use crate::gc::{GarbageCollector, GcError, GcReport};
+use crate::metadata::{Image, ImageState, Lease, MetadataError, MetadataStore, NamedImage};
 use crate::reference::{Digest, ReferenceError};
 use crate::registry::credentials::CredentialsError;
 use crate::registry::{RegistryClient, RegistryError};
@@ -129,6 +130,15 @@ pub enum ServiceError {
         target: String,
         reason: &'static str,
     },
+    #[error(transparent)]
+    Gc(#[from] GcError),
+}
+
+/// A lease with the number of resources it protects, for ListLeases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub lease: Lease,
+    pub resource_count: u64,
 }
 
 /// Names that are pinned by configuration: exact names and `prefix*` patterns.
@@ -164,6 +174,7 @@ pub struct ImageService {
     /// This daemon boot's id, recorded on every lease it takes.
     boot_id: String,
     fs_usage_cache: std::sync::Mutex<Option<(std::time::Instant, FsUsage)>>,
+    gc: Arc<GarbageCollector>,
     inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
 }
 
@@ -176,6 +187,8 @@ pub struct ImageServiceParts {
     pub pinned: PinnedImages,
     pub settings: PullSettings,
     pub boot_id: String,
+    /// Woken after removals; runs passes on demand.
+    pub gc: Arc<GarbageCollector>,
 }
 
 impl ImageService {
@@ -188,6 +201,7 @@ impl ImageService {
             pinned: parts.pinned,
             boot_id: parts.boot_id,
             fs_usage_cache: std::sync::Mutex::new(None),
+            gc: parts.gc,
             inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
             settings: parts.settings,
         }
@@ -237,8 +251,49 @@ impl ImageService {
         if let Some((id, names)) = &removed {
             tracing::info!(image = %id, names = ?names, "image removed");
             self.usage_changed();
+            // Reclaims its content within seconds, without making the caller wait.
+            self.gc.request_pass();
         }
         Ok(removed.map(|(id, _)| id))
+    }
+
+    /// Runs a gc pass now (after any pass in progress) and reports what it
+    /// removed. A store failing its consistency check is an error here: the
+    /// operator asked to reclaim space and none was (no file is deleted then).
+    pub async fn collect_garbage(&self) -> Result<GcReport, ServiceError> {
+        let report = self
+            .gc
+            .collect_now(crate::gc::PassTrigger::Requested)
+            .await?;
+        self.usage_changed();
+        if !report.file_phase_skipped_for.is_empty() {
+            return Err(ServiceError::Gc(GcError::StoreInconsistent {
+                problems: report.file_phase_skipped_for,
+            }));
+        }
+        Ok(report)
+    }
+
+    /// The report of the last gc pass that completed, if any (for DaemonStatus).
+    pub fn last_gc_report(&self) -> Option<GcReport> {
+        self.gc.last_report()
+    }
+
+    /// Every lease with the number of resources attached to it, in id order.
+    pub fn leases(&self) -> Result<Vec<LeaseView>, ServiceError> {
+        let read = self.metadata.read()?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (lease_id, _) in read.all_lease_resources()? {
+            *counts.entry(lease_id).or_default() += 1;
+        }
+        Ok(read
+            .leases()?
+            .into_iter()
+            .map(|lease| LeaseView {
+                resource_count: counts.get(&lease.id).copied().unwrap_or(0),
+                lease,
+            })
+            .collect())
     }
 
     /// The `info` map of a verbose ImageStatus: JSON values, as containerd

@@ -199,9 +199,14 @@ impl ImageService {
         };
         self.metadata.write(|txn| txn.put_lease(&lease))?;
         let started = std::time::Instant::now();
-        let pulled = self
-            .pull_under_lease(&reference, credentials, &platform, &lease_id, &progress)
-            .await;
+        // Renewed while the pull runs, so a slow but live download keeps it.
+        let pulled = crate::gc::lease_renewal::renew_while(
+            &self.metadata,
+            &lease_id,
+            self.settings.lease_duration_ms,
+            self.pull_under_lease(&reference, credentials, &platform, &lease_id, &progress),
+        )
+        .await;
         if pulled.is_err() {
             // What was stored stays until gc; the lease no longer protects it.
             if let Err(error) = self.metadata.write(|txn| txn.remove_lease(&lease_id)) {

@@ -21,6 +21,7 @@ mod read;
 mod records;
 mod tables;
 mod write;
+mod write_scans;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub use model::{
 pub use read::ReadSnapshot;
 pub use records::RecordError;
 pub use write::WriteTxn;
+pub use write_scans::FileNamingKeys;
 
 use redb::ReadableDatabase;
 
@@ -265,6 +267,26 @@ impl MetadataStore {
                 Err(error)
             }
         }
+    }
+
+    /// Runs `work` holding the write lock and commits nothing: no other commit
+    /// can land while it runs, and readers go on undisturbed. Gc's file phase
+    /// runs here, so that no record naming a file can be committed between its
+    /// decision that the file is unnamed and the file's deletion. `work` sees the
+    /// store as of the last commit.
+    pub fn with_writers_held<T>(
+        &self,
+        work: impl FnOnce(&WriteTxn) -> Result<T, MetadataError>,
+    ) -> Result<T, MetadataError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(MetadataError::storage("begin write"))?;
+        let writer = WriteTxn::new(txn, unix_millis_now());
+        let outcome = work(&writer);
+        // Nothing was changed: aborting only releases the lock.
+        let _ = writer.into_inner().abort();
+        outcome
     }
 
     /// Every image with its names, in id order, whatever its state: the same as

@@ -138,10 +138,16 @@ impl SnapshotStore {
         E: Send + 'static,
     {
         let lock = self.lock_for(&layer.chain_id).lock_owned().await;
-        if self.committed(&layer.chain_id)?.is_some() {
-            self.metadata.write(|txn| {
-                txn.attach_to_lease(lease_id, &LeaseResource::Snapshot(layer.chain_id.clone()))
-            })?;
+        // The attach checks the record again: gc may have removed it since the
+        // read, and the layer is then unpacked again.
+        if self.committed(&layer.chain_id)?.is_some()
+            && self.metadata.write(|txn| {
+                txn.attach_existing_to_lease(
+                    lease_id,
+                    &LeaseResource::Snapshot(layer.chain_id.clone()),
+                )
+            })?
+        {
             return Ok(PreparedSnapshot {
                 layer,
                 unpacked: None,

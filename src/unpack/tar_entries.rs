@@ -80,6 +80,16 @@ pub(super) fn extract_layer<R: Read>(
     let mut extractor = Extractor::new(root, options);
     while let Some(entry) = stream.next_entry()? {
         extractor.apply(entry, &mut stream)?;
+        if extractor.counts.entries == 1 {
+            // The crash drills stop here with part of the layer on disk.
+            crate::fail_point!(
+                "unpack::mid_extraction",
+                UnpackError::ReadLayer {
+                    entry_path: String::new(),
+                    source: std::io::Error::other("fail point unpack::mid_extraction"),
+                }
+            );
+        }
     }
     let buffered = stream.drain_to_end()?;
     extractor.finish()?;

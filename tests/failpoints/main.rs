@@ -149,6 +149,8 @@ fn killed_right_after_a_migration_step_the_daemon_restarts_at_the_new_version() 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod gc_crashes;
+
 mod pull_crashes {
     //! A pull killed before and after its final "ready" transaction: after a
     //! restart nothing half-pulled is visible, what was stored is reused, and

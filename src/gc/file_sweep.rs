@@ -1,0 +1,305 @@
+//! The file phase: delete every file under `content/blobs/`, `content/ingest/`
+//! and `snapshots/` that no record names, and anything there we do not know.
+//!
+//! What names a file:
+//! - `content/blobs/<algorithm>/<hex>`: a blob record of that digest, OR an
+//!   ingest record of that digest. The second covers the window in which an
+//!   ingest has renamed its verified file into place but not yet committed
+//!   the blob record (that commit swaps the ingest record for the blob record
+//!   in one transaction, so one of the two always exists).
+//! - `content/ingest/<key>.partial`: the ingest record `<key>`.
+//! - `snapshots/<algorithm>-<hex>/`: a snapshot record of that chain id, in any
+//!   state. An `extracting` record covers the window in which a prepared
+//!   snapshot is renamed into place before its commit records it committed.
+//! - `snapshots/extracting/` is never touched here: its entries belong to
+//!   extractions running now, and startup reconciliation wipes it.
+//!
+//! Why a pull running at the same moment is safe: the listing, the decision
+//! and every deletion happen inside [`MetadataStore::with_writers_held`], so
+//! no record can be committed between "no record names this file" and the
+//! file's deletion. Every pull step creates the record naming a path (ingest
+//! record, `extracting` snapshot record) in a commit BEFORE it creates or
+//! renames anything at that path, and such a record is attached to the pull's
+//! live lease in the same commit, so the record phase keeps it. Hence any
+//! file a pull is writing or about to rename into place is named when this
+//! phase looks, and a commit that would name a file we decided to delete can
+//! only land after the deletion is done (the pull then writes a fresh file).
+//!
+//! Directories are renamed into the trash directory while writers are held
+//! (one rename each) and deleted after they are released, so the hold lasts
+//! as long as the listing, not as long as deleting large trees.
+
+use std::path::{Path, PathBuf};
+
+use crate::content_store::BlobPaths;
+use crate::gc::GcError;
+use crate::metadata::{FileNamingKeys, MetadataStore, WriteTxn};
+use crate::reference::{Digest, DigestAlgorithm};
+
+/// What the file phase removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FilesRemoved {
+    pub blobs: Vec<Digest>,
+    pub ingests: Vec<String>,
+    pub snapshots: Vec<Digest>,
+    /// Entries whose names are not ours at all.
+    pub unknown: Vec<PathBuf>,
+    pub bytes_freed: u64,
+    /// How long other writers (pulls, removals) waited for this phase at most.
+    pub writers_held_ms: u64,
+}
+
+/// Where the file phase looks.
+#[derive(Clone, Debug)]
+pub(crate) struct SweptDirectories {
+    pub blob_paths: BlobPaths,
+    pub snapshots_directory: PathBuf,
+    pub extracting_directory: PathBuf,
+    /// Same filesystem as the snapshots; emptied at the start of every pass.
+    pub trash_directory: PathBuf,
+}
+
+const KNOWN_ALGORITHMS: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512];
+
+/// One doomed entry, decided while writers are held.
+enum Doomed {
+    Blob(Digest, PathBuf),
+    Ingest(String, PathBuf),
+    Snapshot(Digest, PathBuf),
+    Unknown(PathBuf),
+}
+
+pub(crate) fn sweep_files(
+    metadata: &MetadataStore,
+    directories: &SweptDirectories,
+) -> Result<FilesRemoved, GcError> {
+    empty_trash(&directories.trash_directory)?;
+    let mut removed = FilesRemoved::default();
+    let mut trashed: Vec<PathBuf> = Vec::new();
+    let holding = std::time::Instant::now();
+    metadata.with_writers_held(|txn| {
+        // The closure's own errors travel out through this slot: the hold's
+        // signature carries only metadata errors.
+        Ok(decide_and_delete(
+            txn,
+            directories,
+            &mut removed,
+            &mut trashed,
+        ))
+    })??;
+    removed.writers_held_ms = holding.elapsed().as_millis() as u64;
+    for directory in trashed {
+        removed.bytes_freed += tree_bytes(&directory);
+        std::fs::remove_dir_all(&directory).map_err(GcError::io(&directory))?;
+    }
+    Ok(removed)
+}
+
+fn decide_and_delete(
+    txn: &WriteTxn,
+    directories: &SweptDirectories,
+    removed: &mut FilesRemoved,
+    trashed: &mut Vec<PathBuf>,
+) -> Result<(), GcError> {
+    let named = txn.file_naming_keys()?;
+    let mut doomed = Vec::new();
+    list_blobs(&named, &directories.blob_paths, &mut doomed)?;
+    list_ingests(&named, &directories.blob_paths, &mut doomed)?;
+    list_snapshots(&named, directories, &mut doomed)?;
+    for entry in doomed {
+        let path = match &entry {
+            Doomed::Blob(_, path)
+            | Doomed::Ingest(_, path)
+            | Doomed::Snapshot(_, path)
+            | Doomed::Unknown(path) => path.clone(),
+        };
+        let Some(bytes) = delete_or_trash(&path, &directories.trash_directory, trashed)? else {
+            continue;
+        };
+        removed.bytes_freed += bytes;
+        match entry {
+            Doomed::Blob(digest, _) => removed.blobs.push(digest),
+            Doomed::Ingest(key, _) => removed.ingests.push(key),
+            Doomed::Snapshot(chain_id, _) => removed.snapshots.push(chain_id),
+            Doomed::Unknown(path) => removed.unknown.push(path),
+        }
+    }
+    Ok(())
+}
+
+fn list_blobs(
+    named: &FileNamingKeys,
+    paths: &BlobPaths,
+    doomed: &mut Vec<Doomed>,
+) -> Result<(), GcError> {
+    let blobs_directory = paths.content_directory().join("blobs");
+    for (name, path) in entries(&blobs_directory)? {
+        let Some(algorithm) = KNOWN_ALGORITHMS
+            .into_iter()
+            .find(|algorithm| algorithm.name() == name && path.is_dir())
+        else {
+            doomed.push(Doomed::Unknown(path));
+            continue;
+        };
+        for (hex, file) in entries(&path)? {
+            let digest = Digest::parse(&format!("{}:{hex}", algorithm.name()))
+                .ok()
+                .filter(|digest| paths.blob(digest) == file);
+            match digest {
+                None => doomed.push(Doomed::Unknown(file)),
+                Some(digest) => {
+                    let is_named = named.blob_digests.contains(digest.as_str())
+                        || named.ingest_keys.contains(&BlobPaths::ingest_key(&digest));
+                    if !is_named {
+                        doomed.push(Doomed::Blob(digest, file));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_ingests(
+    named: &FileNamingKeys,
+    paths: &BlobPaths,
+    doomed: &mut Vec<Doomed>,
+) -> Result<(), GcError> {
+    for (name, path) in entries(&paths.ingest_directory())? {
+        match name.strip_suffix(".partial") {
+            Some(key) if path.is_file() => {
+                if !named.ingest_keys.contains(key) {
+                    doomed.push(Doomed::Ingest(key.to_owned(), path));
+                }
+            }
+            _ => doomed.push(Doomed::Unknown(path)),
+        }
+    }
+    Ok(())
+}
+
+fn list_snapshots(
+    named: &FileNamingKeys,
+    directories: &SweptDirectories,
+    doomed: &mut Vec<Doomed>,
+) -> Result<(), GcError> {
+    for (name, path) in entries(&directories.snapshots_directory)? {
+        if path == directories.extracting_directory {
+            continue;
+        }
+        let chain_id = name
+            .split_once('-')
+            .and_then(|(algorithm, hex)| Digest::parse(&format!("{algorithm}:{hex}")).ok())
+            .filter(|chain_id| {
+                format!("{}-{}", chain_id.algorithm().name(), chain_id.hex()) == name
+                    && path.is_dir()
+            });
+        match chain_id {
+            None => doomed.push(Doomed::Unknown(path)),
+            Some(chain_id) => {
+                if !named.snapshot_chain_ids.contains(chain_id.as_str()) {
+                    doomed.push(Doomed::Snapshot(chain_id, path));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `(file name, path)` of every entry of `directory`, sorted; a missing
+/// directory has none.
+fn entries(directory: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
+    let listing = match std::fs::read_dir(directory) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(GcError::io(directory)(error)),
+    };
+    let mut found = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(GcError::io(directory))?;
+        found.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Unlinks a file (returning its size) or moves a directory into the trash
+/// (its size is counted when the trash is emptied). `None` when the entry was
+/// already gone: its owner removed it first (a failed ingest discards its
+/// partial file before its record).
+fn delete_or_trash(
+    path: &Path,
+    trash_directory: &Path,
+    trashed: &mut Vec<PathBuf>,
+) -> Result<Option<u64>, GcError> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(GcError::io(path)(error)),
+    };
+    if !metadata.is_dir() {
+        return match std::fs::remove_file(path) {
+            Ok(()) => Ok(Some(metadata.len())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(GcError::io(path)(error)),
+        };
+    }
+    std::fs::create_dir_all(trash_directory).map_err(GcError::io(trash_directory))?;
+    let destination = trash_directory.join(uuid::Uuid::new_v4().simple().to_string());
+    match std::fs::rename(path, &destination) {
+        Ok(()) => {
+            trashed.push(destination);
+            Ok(Some(0))
+        }
+        // Another filesystem (the trash cannot be reached by rename): delete
+        // in place, holding writers a little longer.
+        Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
+            let bytes = tree_bytes(path);
+            std::fs::remove_dir_all(path).map_err(GcError::io(path))?;
+            Ok(Some(bytes))
+        }
+        Err(error) => Err(GcError::io(path)(error)),
+    }
+}
+
+/// Removes what a pass interrupted by a crash left in the trash.
+fn empty_trash(trash_directory: &Path) -> Result<(), GcError> {
+    for (_, path) in entries(trash_directory)? {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(GcError::io(&path))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the regular files under `path`, symlinks not followed; unreadable
+/// parts count as zero (this is a report, not an invariant).
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !metadata.is_dir() {
+        return metadata.len();
+    }
+    let mut total = 0;
+    let mut to_visit = vec![path.to_path_buf()];
+    while let Some(directory) = to_visit.pop() {
+        let Ok(listing) = std::fs::read_dir(&directory) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => to_visit.push(entry.path()),
+                Ok(_) => total += entry.metadata().map_or(0, |metadata| metadata.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
