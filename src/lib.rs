@@ -21,6 +21,7 @@ pub mod durable_fs;
 pub mod fail_point;
 pub mod image_service;
 pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod reconcile;
 pub mod reference;
