@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub hosts_directory: Option<PathBuf>,
     /// Pulls running at once (0 = unlimited, 1 = the kubelet's serialized mode).
     pub pulls_max: Option<usize>,
+    /// Where to serve `/metrics` (TCP address or unix socket path); off if unset.
+    pub metrics_address: Option<crate::metrics::MetricsAddress>,
 }
 
 /// Validated settings.
@@ -26,6 +28,8 @@ pub struct Config {
     pub hosts_directory: PathBuf,
     /// Pulls running at once; 0 means no limit.
     pub pulls_max: usize,
+    /// Where to serve `/metrics`; `None` serves no metrics.
+    pub metrics_address: Option<crate::metrics::MetricsAddress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,7 @@ impl Config {
             socket,
             hosts_directory,
             pulls_max: raw.pulls_max.unwrap_or(0),
+            metrics_address: raw.metrics_address,
         })
     }
 
@@ -173,6 +178,7 @@ mod tests {
             socket: Some(PathBuf::from("/tmp/x.sock")),
             hosts_directory: Some(PathBuf::from("/etc/x/certs.d")),
             pulls_max: Some(1),
+            metrics_address: None,
         })
         .unwrap();
         assert_eq!(

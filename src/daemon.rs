@@ -16,6 +16,8 @@ use crate::config::Config;
 use crate::content_store::{ContentError, ContentLimits, ContentStore};
 use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
+use crate::metrics::http_server::MetricsListener;
+use crate::metrics::{Metrics, MetricsServerError, ReconcileRun};
 use crate::registry::hosts::HostsDirectory;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::snapshot_store::{SnapshotError, SnapshotStore};
@@ -41,6 +43,8 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("startup reconciliation failed: {0}")]
     Reconcile(#[from] crate::reconcile::ReconcileError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsServerError),
 }
 
 /// How long what interrupted pulls stored stays protected after a restart, so
@@ -53,6 +57,8 @@ pub struct Daemon {
     pub boot_id: String,
     service: Arc<ImageService>,
     listener: tokio::net::UnixListener,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<MetricsListener>,
 }
 
 impl Daemon {
@@ -63,6 +69,7 @@ impl Daemon {
             source,
         })?;
         let started = std::time::Instant::now();
+        let metrics = Arc::new(Metrics::new());
         let (metadata, report) = MetadataStore::open(&config.metadata_path())?;
         let metadata = Arc::new(metadata);
         let boot_id = metadata.begin_boot().map_err(DaemonError::BeginBoot)?;
@@ -85,7 +92,17 @@ impl Daemon {
             config.snapshots_directory(),
             metadata.clone(),
         )?);
-        crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
+        let reconciled = crate::reconcile::reconcile(
+            &metadata,
+            &snapshots,
+            &boot_id,
+            RECONCILE_GRACE_PERIOD_MS,
+        )?;
+        metrics.record_reconcile(&ReconcileRun {
+            duration_ms: reconciled.elapsed_ms,
+            problems_by_kind: reconciled.problems_by_kind(),
+            summary_line: reconciled.one_line(),
+        });
         let mut settings = PullSettings::default();
         settings.limits.pulls_max = config.pulls_max;
         if !settings.unpack.privileged_whiteouts {
@@ -107,7 +124,18 @@ impl Daemon {
             pinned: PinnedImages::default(),
             settings,
             boot_id: boot_id.clone(),
+            metrics: metrics.clone(),
         }));
+        let store_stats_source: Arc<dyn crate::metrics::StoreStatsSource> = service.clone();
+        metrics.set_store_stats_source(Arc::downgrade(&store_stats_source));
+        let metrics_listener = match &config.metrics_address {
+            Some(address) => {
+                let listener = MetricsListener::bind(address)?;
+                tracing::info!(address = %listener.local_address(), "serving metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let listener = api::bind_socket(&config.socket)?;
         tracing::info!(socket = %config.socket.display(), "listening");
         Ok(Daemon {
@@ -115,13 +143,33 @@ impl Daemon {
             boot_id,
             service,
             listener,
+            metrics,
+            metrics_listener,
         })
     }
 
     /// Serves until `shutdown` completes, then lets calls in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
+        // One shutdown, two servers: the gRPC one is told through `shutdown`,
+        // the metrics one through this channel.
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let mut metrics_stopped = metrics_stopped;
+            tokio::spawn(listener.serve(self.metrics, async move {
+                let _ = metrics_stopped.wait_for(|stopped| *stopped).await;
+            }))
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_metrics.send(true);
+        };
         let served = api::serve(self.listener, self.service, shutdown).await;
+        if let Some(metrics_server) = metrics_server
+            && let Err(error) = metrics_server.await
+        {
+            tracing::warn!(%error, "the metrics server ended abnormally");
+        }
         tracing::info!(boot_id = %self.boot_id, "shutting down");
         if let Err(error) = std::fs::remove_file(&socket)
             && error.kind() != std::io::ErrorKind::NotFound

@@ -43,6 +43,10 @@ enum Command {
         /// (the kubelet's serialized mode).
         #[arg(long = "pulls-max")]
         pulls_max: Option<usize>,
+        /// Serve Prometheus metrics at /metrics on this TCP address
+        /// (127.0.0.1:9464) or unix socket (an absolute path); off by default.
+        #[arg(long = "metrics-addr", value_name = "ADDRESS")]
+        metrics_address: Option<cri_imaged::metrics::MetricsAddress>,
     },
     #[command(flatten)]
     Client(ClientCommand),
@@ -58,11 +62,13 @@ fn main() -> anyhow::Result<ExitCode> {
             socket,
             hosts_directory,
             pulls_max,
+            metrics_address,
         } => serve(RawConfig {
             root,
             socket,
             hosts_directory,
             pulls_max,
+            metrics_address,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Client(command) => run_client(command),

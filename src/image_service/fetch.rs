@@ -10,6 +10,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tracing::Instrument as _;
 
 use crate::content_store::{
     BlobSource, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest, OpenedBlob,
@@ -88,6 +89,21 @@ impl FetchedImage {
     pub fn downloaded_bytes(&self) -> u64 {
         self.layers.iter().map(|layer| layer.downloaded_bytes).sum()
     }
+
+    /// Layer bytes not downloaded because they were stored already: whole
+    /// blobs, and the part of a partial download that was resumed.
+    pub fn skipped_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|layer| {
+                if layer.already_present {
+                    layer.blob.size_bytes
+                } else {
+                    layer.resumed_from_bytes
+                }
+            })
+            .sum()
+    }
 }
 
 /// A blob's bytes from the registry, resumable at an offset.
@@ -148,7 +164,17 @@ pub async fn fetch_image(
         reference: reference_text.clone(),
         source,
     };
-    let resolved = session.resolve(reference).await?;
+    let resolved = session
+        .resolve(reference)
+        .instrument(tracing::info_span!("resolve", reference = %reference))
+        .await?;
+    tracing::info!(
+        reference = %reference,
+        digest = %resolved.descriptor.digest,
+        media_type = %resolved.descriptor.media_type,
+        endpoint = %resolved.endpoint,
+        "reference resolved"
+    );
     let target = resolved.descriptor.clone();
     let decoded = decode_manifest(
         &resolved.bytes,
@@ -251,11 +277,22 @@ pub async fn fetch_image(
     for (index, layer) in image_manifest.layers.iter().enumerate() {
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
-        downloads.push(Box::pin(async move {
-            fetch_layer(session, store, &layer, lease_id, resumes_max)
-                .await
-                .map(|outcome| (index, outcome))
-        }));
+        let span = tracing::info_span!("fetch_layer", digest = %layer.digest);
+        downloads.push(Box::pin(
+            async move {
+                let started = std::time::Instant::now();
+                let outcome = fetch_layer(session, store, &layer, lease_id, resumes_max).await?;
+                tracing::info!(
+                    size_bytes = layer.size_bytes,
+                    downloaded_bytes = outcome.downloaded_bytes,
+                    already_present = outcome.already_present,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "layer fetched"
+                );
+                Ok((index, outcome))
+            }
+            .instrument(span),
+        ));
     }
     let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads)
         .buffer_unordered(limits.layer_downloads_max.max(1))

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument as _;
 
 use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
@@ -94,7 +95,11 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         }
         let this = self.clone();
         let task_key = key.clone();
-        let task = tokio::spawn(async move {
+        // The task carries the span of the request that started it, so its
+        // log lines show that request's id.
+        let span = tracing::Span::current();
+        let task = tokio::spawn(
+            async move {
             let _turn = match &this.running {
                 Some(semaphore) => {
                     this.waiting
@@ -109,7 +114,9 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
             let outcome = pull.await;
             this.lock().remove(&task_key);
             outcome
-        });
+        }
+            .instrument(span),
+        );
         let shared = async move {
             match task.await {
                 Ok(outcome) => outcome,
@@ -122,6 +129,16 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         .shared();
         pulls.insert(key, shared.clone());
         (false, shared)
+    }
+
+    /// Distinct pulls running, and pulls waiting for a turn.
+    pub(crate) fn queue_stats(&self) -> crate::metrics::PullQueueStats {
+        let queued = self.waiting.load(std::sync::atomic::Ordering::SeqCst) as u64;
+        let in_flight = self.lock().len() as u64;
+        crate::metrics::PullQueueStats {
+            running: in_flight.saturating_sub(queued),
+            queued,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullKey, SharedPull<E>>> {

@@ -6,11 +6,16 @@
 //! - `fetch`: the content half of a pull (resolve, platform choice, verified
 //!   blobs into the content store).
 //! - `lookup`: what a CRI `ImageSpec.image` names (a name, an id, an id prefix).
+//! - `pull_result`: the metrics' `result` label of a failed pull, from the
+//!   error enums in one function.
+//! - `store_stats`: the store's counts and sizes for metrics and `status`.
 
 pub mod fetch;
 mod inflight_pulls;
 mod lookup;
 pub mod pull;
+mod pull_result;
+mod store_stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -151,6 +156,7 @@ pub struct ImageService {
     boot_id: String,
     fs_usage_cache: std::sync::Mutex<Option<(std::time::Instant, FsUsage)>>,
     inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What an [`ImageService`] works with.
@@ -162,6 +168,8 @@ pub struct ImageServiceParts {
     pub pinned: PinnedImages,
     pub settings: PullSettings,
     pub boot_id: String,
+    /// Where pulls are counted; `Metrics::new()` for a service of its own.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ImageService {
@@ -176,7 +184,13 @@ impl ImageService {
             fs_usage_cache: std::sync::Mutex::new(None),
             inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
             settings: parts.settings,
+            metrics: parts.metrics,
         }
+    }
+
+    /// The metrics this service records into (the daemon serves them).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Every ready image, or only the one `filter` names.

@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 use crate::content_store::ContentStore;
 use futures_util::FutureExt;
+use tracing::Instrument as _;
 
 use crate::image_service::fetch::{FetchLimits, FetchedImage, fetch_image};
 use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused};
 use crate::image_service::{ImageService, ServiceError};
 use crate::metadata::{Image, ImageState, Lease, LeaseResource};
+use crate::metrics::{Metrics, PullResult};
 use crate::oci::manifest::layer_compression;
 use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
@@ -71,12 +73,32 @@ impl ImageService {
         self: &Arc<Self>,
         request: &PullRequest,
     ) -> Result<Digest, Arc<ServiceError>> {
-        let reference = ImageReference::parse_docker_ref(&request.image).map_err(|source| {
-            ServiceError::InvalidReference {
+        let reference = ImageReference::parse_docker_ref(&request.image);
+        let recording = PullRecording::start(
+            &self.metrics,
+            reference
+                .as_ref()
+                .map_or(crate::metrics::OTHER, ImageReference::domain),
+        );
+        let outcome = match reference {
+            Ok(reference) => self.pull_parsed(request, reference).await,
+            Err(source) => Err(Arc::new(ServiceError::InvalidReference {
                 input: crate::reference::bounded_echo(&request.image),
                 source,
-            }
-        })?;
+            })),
+        };
+        recording.finish(match &outcome {
+            Ok(_) => PullResult::Ok,
+            Err(error) => error.pull_result(),
+        });
+        outcome
+    }
+
+    async fn pull_parsed(
+        self: &Arc<Self>,
+        request: &PullRequest,
+        reference: ImageReference,
+    ) -> Result<Digest, Arc<ServiceError>> {
         let credentials = RegistryCredentials::from_auth_config(&request.auth)
             .map_err(ServiceError::InvalidAuth)?;
         let platform = self.platform_for(&request.runtime_handler)?;
@@ -86,12 +108,15 @@ impl ImageService {
             platform: platform.clone(),
         };
         let service = self.clone();
+        let registry = reference.domain().to_owned();
+        let span = tracing::info_span!("pull", reference = %reference);
         let pull = async move {
             service
                 .pull_uncached(reference, credentials, platform)
                 .await
                 .map_err(Arc::new)
         }
+        .instrument(span)
         .boxed();
         let (joined, outcome) = self
             .inflight
@@ -100,7 +125,8 @@ impl ImageService {
                 PullRefused::TaskFailed { detail } => ServiceError::PullTaskFailed { detail },
             });
         if joined {
-            tracing::debug!(reference = %request.image, "joined a pull in flight");
+            self.metrics.record_pull_deduplicated(&registry);
+            tracing::info!(reference = %request.image, "joined a pull in flight");
         }
         outcome.await
     }
@@ -175,7 +201,17 @@ impl ImageService {
             lease_id,
             &self.settings.fetch,
         )
-        .await?;
+        .await;
+        // Counted whether or not the fetch succeeded: a failed pull's bytes
+        // crossed the network too.
+        self.metrics.record_pull_bytes(
+            reference.domain(),
+            session.received_bytes(),
+            fetched.as_ref().map_or(0, FetchedImage::skipped_bytes),
+        );
+        self.metrics
+            .record_mirror_fallbacks(reference.domain(), session.endpoint_fallbacks());
+        let fetched = fetched?;
         let image = self.record_pulling(&fetched, reference, lease_id)?;
         let top_chain_id = self.unpack_all(&fetched, lease_id).await?;
         let id = image.id().clone();
@@ -190,7 +226,8 @@ impl ImageService {
         }
         names.push(reference.with_digest(fetched.target.digest.clone()));
         crate::fail_point!("pull::before_ready_commit", ServiceError::ShuttingDown);
-        self.metadata.write(|txn| {
+        let commit = tracing::info_span!("commit", image = %id);
+        commit.in_scope(|| self.metadata.write(|txn| {
             let mut ready = txn.image(&id)?.unwrap_or(image.clone());
             ready.state = ImageState::Ready;
             ready.top_chain_id = top_chain_id.clone();
@@ -203,7 +240,7 @@ impl ImageService {
             }
             txn.remove_lease(lease_id)?;
             Ok(())
-        })?;
+        }))?;
         crate::fail_point!("pull::after_ready_commit", ServiceError::ShuttingDown);
         Ok(id)
     }
@@ -285,13 +322,33 @@ impl ImageService {
             let blob = blob.clone();
             let layer = layer.clone();
             let lease_id = lease_id.to_owned();
-            preparations.push(Box::pin(async move {
-                snapshots
-                    .prepare(layer, &lease_id, move |directory| {
-                        unpack_blob(&content, &blob, directory, &options)
-                    })
-                    .await
-            }));
+            let span = tracing::info_span!(
+                "unpack_layer",
+                chain_id = %layer.chain_id,
+                digest = %blob.digest
+            );
+            // The unpack runs on a blocking thread: it enters the span itself.
+            let blocking_span = span.clone();
+            preparations.push(Box::pin(
+                async move {
+                    let started = std::time::Instant::now();
+                    let prepared = snapshots
+                        .prepare(layer, &lease_id, move |directory| {
+                            blocking_span.in_scope(|| {
+                                unpack_blob(&content, &blob, directory, &options)
+                            })
+                        })
+                        .await;
+                    if prepared.is_ok() {
+                        tracing::info!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "layer unpacked"
+                        );
+                    }
+                    prepared
+                }
+                .instrument(span),
+            ));
         }
         let prepared: Vec<_> = futures_util::stream::iter(preparations)
             .buffered(self.settings.extractions_max.max(1))
@@ -310,10 +367,53 @@ impl ImageService {
                 Err(PrepareError::Snapshot(error)) => return Err(ServiceError::Snapshot(error)),
             }
         }
-        for prepared in ready {
-            self.snapshots.commit(prepared)?;
-        }
+        tracing::info_span!("commit_snapshots", layers = ready.len()).in_scope(|| {
+            for prepared in ready {
+                self.snapshots.commit(prepared)?;
+            }
+            Ok::<(), ServiceError>(())
+        })?;
         Ok(chain.last().cloned())
+    }
+}
+
+/// Counts one PullImage request: started when created, finished with its
+/// result by [`PullRecording::finish`], or as `cancelled` if the request's
+/// future is dropped first (the client went away).
+struct PullRecording<'a> {
+    metrics: &'a Metrics,
+    registry: String,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+impl<'a> PullRecording<'a> {
+    fn start(metrics: &'a Metrics, registry: &str) -> PullRecording<'a> {
+        metrics.record_pull_started(registry);
+        PullRecording {
+            metrics,
+            registry: registry.to_owned(),
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(mut self, result: PullResult) {
+        self.record(result);
+    }
+
+    fn record(&mut self, result: PullResult) {
+        if !self.finished {
+            self.finished = true;
+            self.metrics
+                .record_pull_finished(&self.registry, result, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for PullRecording<'_> {
+    fn drop(&mut self) {
+        self.record(PullResult::Cancelled);
     }
 }
 
