@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 
+use crate::api::proto::cri_imaged::admin::v1::admin_service_client::AdminServiceClient;
 use crate::api::proto::runtime::v1::image_service_client::ImageServiceClient;
 use crate::api::proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 
@@ -33,4 +34,10 @@ pub async fn runtime_client(
     socket: &Path,
 ) -> Result<RuntimeServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
     Ok(RuntimeServiceClient::new(connect(socket).await?))
+}
+
+pub async fn admin_client(
+    socket: &Path,
+) -> Result<AdminServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    Ok(AdminServiceClient::new(connect(socket).await?))
 }

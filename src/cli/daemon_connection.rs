@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::api::client;
+use crate::api::proto::cri_imaged::admin::v1 as admin;
 use crate::api::proto::runtime::v1 as cri;
 use crate::api::proto::runtime::v1::image_service_client::ImageServiceClient;
 use crate::cli::error::CliError;
@@ -105,6 +106,17 @@ pub async fn runtime_version(socket: &Path) -> Result<cri::VersionResponse, CliE
         version: KUBELET_API_VERSION.to_owned(),
     };
     call_within_limit("Version", socket, runtime.version(request)).await
+}
+
+/// `cri_imaged.admin.v1.AdminService/DaemonStatus`, on a connection of its own.
+pub async fn daemon_status(socket: &Path) -> Result<admin::DaemonStatusResponse, CliError> {
+    let mut admin = connect_within_limit(socket, client::admin_client(socket)).await?;
+    call_within_limit(
+        "DaemonStatus",
+        socket,
+        admin.daemon_status(admin::DaemonStatusRequest {}),
+    )
+    .await
 }
 
 /// An `ImageSpec` naming `image` (a reference, an id or an id prefix) as the

@@ -1,5 +1,5 @@
 //! The client subcommands of the `cri-imaged` binary (`pull`, `images`,
-//! `inspect`, `rmi`, `fsinfo`, `version`): each parses its flags, talks to a
+//! `inspect`, `rmi`, `fsinfo`, `version`, `status`): each parses its flags, talks to a
 //! running daemon over its unix socket with the same generated CRI clients the
 //! kubelet's client mirrors, and prints the answer. Results go to stdout, in a
 //! crictl-like table or as JSON; progress and errors go to stderr. No secret
@@ -18,6 +18,7 @@ mod images;
 mod inspect;
 mod pull;
 mod rmi;
+mod status;
 mod table;
 mod version;
 
@@ -31,6 +32,7 @@ pub use images::ImagesArgs;
 pub use inspect::InspectArgs;
 pub use pull::PullArgs;
 pub use rmi::RmiArgs;
+pub use status::StatusArgs;
 pub use version::VersionArgs;
 
 /// The client subcommands, to be flattened into the binary's own
@@ -49,6 +51,9 @@ pub enum ClientCommand {
     Fsinfo(FsinfoArgs),
     /// Show the client's and the daemon's versions.
     Version(VersionArgs),
+    /// Show the daemon's uptime, store counts and sizes, limits and last
+    /// gc and reconcile summaries.
+    Status(StatusArgs),
 }
 
 /// Where the daemon listens; every client subcommand takes it.
@@ -80,6 +85,7 @@ pub async fn run(command: ClientCommand) -> Result<ExitCode, CliError> {
         ClientCommand::Rmi(args) => rmi::run(args).await,
         ClientCommand::Fsinfo(args) => fsinfo::run(args).await,
         ClientCommand::Version(args) => version::run(args).await,
+        ClientCommand::Status(args) => status::run(args).await,
     }
 }
 

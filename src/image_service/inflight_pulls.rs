@@ -100,21 +100,21 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         let span = tracing::Span::current();
         let task = tokio::spawn(
             async move {
-            let _turn = match &this.running {
-                Some(semaphore) => {
-                    this.waiting
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let permit = semaphore.clone().acquire_owned().await;
-                    this.waiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    permit.ok()
-                }
-                None => None,
-            };
-            let outcome = pull.await;
-            this.lock().remove(&task_key);
-            outcome
-        }
+                let _turn = match &this.running {
+                    Some(semaphore) => {
+                        this.waiting
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let permit = semaphore.clone().acquire_owned().await;
+                        this.waiting
+                            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        permit.ok()
+                    }
+                    None => None,
+                };
+                let outcome = pull.await;
+                this.lock().remove(&task_key);
+                outcome
+            }
             .instrument(span),
         );
         let shared = async move {

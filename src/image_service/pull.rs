@@ -227,20 +227,22 @@ impl ImageService {
         names.push(reference.with_digest(fetched.target.digest.clone()));
         crate::fail_point!("pull::before_ready_commit", ServiceError::ShuttingDown);
         let commit = tracing::info_span!("commit", image = %id);
-        commit.in_scope(|| self.metadata.write(|txn| {
-            let mut ready = txn.image(&id)?.unwrap_or(image.clone());
-            ready.state = ImageState::Ready;
-            ready.top_chain_id = top_chain_id.clone();
-            ready.target = fetched.target.clone();
-            ready.manifest = fetched.manifest.clone();
-            ready.updated_unix_ms = txn.now_unix_ms();
-            txn.put_image(&ready)?;
-            for name in &names {
-                txn.set_reference(name, &id)?;
-            }
-            txn.remove_lease(lease_id)?;
-            Ok(())
-        }))?;
+        commit.in_scope(|| {
+            self.metadata.write(|txn| {
+                let mut ready = txn.image(&id)?.unwrap_or(image.clone());
+                ready.state = ImageState::Ready;
+                ready.top_chain_id = top_chain_id.clone();
+                ready.target = fetched.target.clone();
+                ready.manifest = fetched.manifest.clone();
+                ready.updated_unix_ms = txn.now_unix_ms();
+                txn.put_image(&ready)?;
+                for name in &names {
+                    txn.set_reference(name, &id)?;
+                }
+                txn.remove_lease(lease_id)?;
+                Ok(())
+            })
+        })?;
         crate::fail_point!("pull::after_ready_commit", ServiceError::ShuttingDown);
         Ok(id)
     }
@@ -334,9 +336,8 @@ impl ImageService {
                     let started = std::time::Instant::now();
                     let prepared = snapshots
                         .prepare(layer, &lease_id, move |directory| {
-                            blocking_span.in_scope(|| {
-                                unpack_blob(&content, &blob, directory, &options)
-                            })
+                            blocking_span
+                                .in_scope(|| unpack_blob(&content, &blob, directory, &options))
                         })
                         .await;
                     if prepared.is_ok() {

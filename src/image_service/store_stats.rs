@@ -85,10 +85,7 @@ impl ImageService {
                 "layer_uncompressed_bytes_max",
                 settings.unpack.uncompressed_bytes_max.to_string(),
             ),
-            (
-                "layer_entries_max",
-                settings.unpack.entries_max.to_string(),
-            ),
+            ("layer_entries_max", settings.unpack.entries_max.to_string()),
         ];
         limits
             .into_iter()

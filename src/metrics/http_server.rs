@@ -166,11 +166,9 @@ impl MetricsListener {
                 });
                 let connection =
                     hyper::server::conn::http1::Builder::new().serve_connection(stream, service);
-                if let Ok(Err(error)) = tokio::time::timeout(
-                    Duration::from_millis(CONNECTION_TIME_MAX_MS),
-                    connection,
-                )
-                .await
+                if let Ok(Err(error)) =
+                    tokio::time::timeout(Duration::from_millis(CONNECTION_TIME_MAX_MS), connection)
+                        .await
                 {
                     tracing::debug!(%error, "metrics connection ended with an error");
                 }
@@ -187,9 +185,7 @@ impl MetricsListener {
     async fn accept(&self) -> std::io::Result<TokioIo<AnyStream>> {
         Ok(TokioIo::new(match self {
             MetricsListener::Tcp(listener) => AnyStream::Tcp(listener.accept().await?.0),
-            MetricsListener::Unix { listener, .. } => {
-                AnyStream::Unix(listener.accept().await?.0)
-            }
+            MetricsListener::Unix { listener, .. } => AnyStream::Unix(listener.accept().await?.0),
         }))
     }
 }

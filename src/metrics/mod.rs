@@ -200,8 +200,8 @@ fn pull_duration_buckets() -> Histogram {
 
 fn rpc_duration_buckets() -> Histogram {
     Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        30.0, 60.0, 300.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 300.0,
     ])
 }
 
@@ -492,7 +492,11 @@ impl Metrics {
     /// Counts one gc pass and keeps its summary line for `cri-imaged status`.
     pub fn record_gc(&self, summary: &GcRunSummary) {
         let gc = &self.maintenance;
-        let result = if summary.error.is_some() { "error" } else { "ok" };
+        let result = if summary.error.is_some() {
+            "error"
+        } else {
+            "ok"
+        };
         gc.gc_runs
             .get_or_create(&ResultOfRunLabels {
                 result: result.to_owned(),
@@ -624,7 +628,10 @@ mod tests {
         );
         assert_eq!(metrics.rpc_method_label("/a/b/c"), OTHER);
         assert_eq!(metrics.rpc_method_label("/x/{name=\"y\"}"), OTHER);
-        assert_eq!(metrics.rpc_method_label(&format!("/a/{}", "b".repeat(200))), OTHER);
+        assert_eq!(
+            metrics.rpc_method_label(&format!("/a/{}", "b".repeat(200))),
+            OTHER
+        );
     }
 
     #[test]
@@ -651,7 +658,10 @@ mod tests {
         assert!(text.contains(
             "cri_imaged_pulls_finished_total{registry=\"registry-0.example\",result=\"not_found\"} 1"
         ));
-        assert!(text.contains("cri_imaged_gc_reclaimed_bytes_total 4096"), "{text}");
+        assert!(
+            text.contains("cri_imaged_gc_reclaimed_bytes_total 4096"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(
             metrics.state().last_gc_summary().unwrap(),
