@@ -20,6 +20,9 @@
 //!   clients: pull, list, status, remove, fs info, version, status, errors.
 //! - `daemon`: the real `cri-imaged` binary starts, refuses bad stores, and stops
 //!   on SIGTERM.
+//! - `metrics`: `serve --metrics-addr` scraped and parsed after real pulls,
+//!   request ids in the JSON log, `cri-imaged status`, no credential in any
+//!   log line or metric.
 
 mod support;
 
@@ -28,6 +31,7 @@ mod content_store;
 mod cri_socket;
 mod daemon;
 mod metadata_store;
+mod metrics;
 mod migrations;
 mod proto_wire;
 mod registry_faults;
