@@ -628,3 +628,52 @@ async fn no_log_line_or_metric_carries_a_password_and_a_refused_one_counts_as_au
         }
     }
 }
+
+#[tokio::test]
+async fn a_mirror_that_lacks_the_image_counts_one_fallback_per_request_it_failed() {
+    let upstream = TestRegistry::start();
+    let empty_mirror = TestRegistry::start();
+    let image = two_layer_image();
+    Pusher::new(&upstream)
+        .push_image("team/app", &image, "v1")
+        .unwrap();
+    let daemon =
+        DaemonProcess::start_with(&["--log-format", "json", "--metrics-addr", "127.0.0.1:0"]);
+    let address = metrics_address(&daemon);
+    let hosts = daemon.root.path().join("certs.d").join(upstream.host());
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+            upstream.host(),
+            empty_mirror.host()
+        ),
+    )
+    .unwrap();
+    let mut images = client::image_client(&daemon.socket).await.unwrap();
+    images
+        .pull_image(pull_request(
+            &format!("{}/team/app:v1", upstream.host()),
+            None,
+        ))
+        .await
+        .unwrap();
+    let scrape = Scrape::parse(&scrape_tcp(&address));
+    // The mirror answers 404 to the manifest, the config and each layer;
+    // each of those requests then goes on to upstream once.
+    assert_eq!(
+        scrape.value(
+            "cri_imaged_registry_mirror_fallbacks_total",
+            &[("registry", upstream.host())]
+        ),
+        (1 + 1 + image.layers.len()) as f64,
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        empty_mirror.log_text().contains("team/app/manifests/v1"),
+        "{}",
+        empty_mirror.log_text()
+    );
+}
