@@ -14,6 +14,7 @@ use cri_imaged::api::client;
 use cri_imaged::api::proto::runtime::v1 as cri;
 
 use crate::support::daemon_process::DaemonProcess;
+use crate::support::fault_proxy::{Fault, FaultProxy, FaultRule};
 use crate::support::registry::{
     BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
 };
@@ -675,5 +676,117 @@ async fn a_mirror_that_lacks_the_image_counts_one_fallback_per_request_it_failed
         empty_mirror.log_text().contains("team/app/manifests/v1"),
         "{}",
         empty_mirror.log_text()
+    );
+}
+
+/// Polls the scrape at `address` until `metric` (with `labels`) reads
+/// `wanted`.
+async fn wait_for_metric(address: &str, metric: &str, labels: &[(&str, &str)], wanted: f64) {
+    let deadline = Instant::now() + Duration::from_millis(LOG_WAIT_MS);
+    loop {
+        let value = Scrape::parse(&scrape_tcp(address)).value(metric, labels);
+        if value == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric}{labels:?} stayed at {value}, wanted {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn running_queued_and_deduplicated_pulls_are_counted_while_they_wait() {
+    let registry = TestRegistry::start();
+    let first = two_layer_image();
+    let second = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("second", b"second")
+                .build(Compression::Gzip),
+        )
+        .build();
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("team/first", &first, "v1").unwrap();
+    pusher.push_image("team/second", &second, "v1").unwrap();
+    // The first manifest request is held long enough for the test to see
+    // the pull running and to queue and join others behind it; every wait
+    // below polls for a state, the hold only keeps that state in place.
+    let proxy = FaultProxy::in_front_of(&registry);
+    proxy.add_rule(
+        FaultRule::new(
+            "GET",
+            "team/first/manifests/v1",
+            Fault::StallBeforeHeaders {
+                duration: Duration::from_secs(10),
+            },
+        )
+        .first(1),
+    );
+    let daemon = DaemonProcess::start_with(&[
+        "--log-format",
+        "json",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--pulls-max",
+        "1",
+    ]);
+    let address = metrics_address(&daemon);
+    let host = proxy.host();
+    let images = client::image_client(&daemon.socket).await.unwrap();
+    let pull = |reference: String| {
+        let mut images = images.clone();
+        tokio::spawn(async move { images.pull_image(pull_request(&reference, None)).await })
+    };
+
+    let held = pull(format!("{host}/team/first:v1"));
+    wait_for_metric(&address, "cri_imaged_pulls_running", &[], 1.0).await;
+    let queued = pull(format!("{host}/team/second:v1"));
+    wait_for_metric(&address, "cri_imaged_pulls_queued", &[], 1.0).await;
+    let joined = pull(format!("{host}/team/first:v1"));
+    wait_for_metric(
+        &address,
+        "cri_imaged_pulls_deduplicated_total",
+        &[("registry", host.as_str())],
+        1.0,
+    )
+    .await;
+    let scrape = Scrape::parse(&scrape_tcp(&address));
+    assert_eq!(
+        scrape.value(
+            "cri_imaged_pulls_started_total",
+            &[("registry", host.as_str())]
+        ),
+        3.0
+    );
+    assert_eq!(
+        scrape.value(
+            "cri_imaged_pulls_finished_total",
+            &[("registry", host.as_str()), ("result", "ok")]
+        ),
+        0.0
+    );
+
+    let held = held.await.unwrap().unwrap().into_inner();
+    let joined = joined.await.unwrap().unwrap().into_inner();
+    assert_eq!(held.image_ref, joined.image_ref);
+    queued.await.unwrap().unwrap();
+    let scrape = Scrape::parse(&scrape_tcp(&address));
+    assert_eq!(
+        scrape.value(
+            "cri_imaged_pulls_finished_total",
+            &[("registry", host.as_str()), ("result", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(scrape.value("cri_imaged_pulls_running", &[]), 0.0);
+    assert_eq!(scrape.value("cri_imaged_pulls_queued", &[]), 0.0);
+    assert_eq!(
+        scrape.value(
+            "cri_imaged_pull_duration_seconds_count",
+            &[("result", "ok")]
+        ),
+        3.0
     );
 }
