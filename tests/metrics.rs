@@ -504,6 +504,28 @@ async fn every_log_line_of_a_pull_carries_its_request_id_and_status_reports_the_
         text.contains("Images:") && text.contains("Last gc:         none yet"),
         "{text}"
     );
+
+    // SIGTERM stops the metrics endpoint with the daemon and removes its
+    // socket. The client's connection closes first (its task runs on this
+    // test's runtime, hence the async sleeps below).
+    drop(images);
+    let mut daemon = daemon;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_millis(LOG_WAIT_MS);
+    let exit = loop {
+        if let Some(exit) = daemon.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit}: {}", daemon.log_text());
+    assert!(!metrics_socket.exists(), "{}", daemon.log_text());
 }
 
 #[tokio::test]
