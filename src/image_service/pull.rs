@@ -226,22 +226,21 @@ impl ImageService {
         }
         names.push(reference.with_digest(fetched.target.digest.clone()));
         crate::fail_point!("pull::before_ready_commit", ServiceError::ShuttingDown);
-        let commit = tracing::info_span!("commit", image = %id);
-        commit.in_scope(|| {
-            self.metadata.write(|txn| {
-                let mut ready = txn.image(&id)?.unwrap_or(image.clone());
-                ready.state = ImageState::Ready;
-                ready.top_chain_id = top_chain_id.clone();
-                ready.target = fetched.target.clone();
-                ready.manifest = fetched.manifest.clone();
-                ready.updated_unix_ms = txn.now_unix_ms();
-                txn.put_image(&ready)?;
-                for name in &names {
-                    txn.set_reference(name, &id)?;
-                }
-                txn.remove_lease(lease_id)?;
-                Ok(())
-            })
+        // Entered, not instrumented: nothing is awaited from here on.
+        let _commit = tracing::info_span!("commit", image = %id).entered();
+        self.metadata.write(|txn| {
+            let mut ready = txn.image(&id)?.unwrap_or(image.clone());
+            ready.state = ImageState::Ready;
+            ready.top_chain_id = top_chain_id.clone();
+            ready.target = fetched.target.clone();
+            ready.manifest = fetched.manifest.clone();
+            ready.updated_unix_ms = txn.now_unix_ms();
+            txn.put_image(&ready)?;
+            for name in &names {
+                txn.set_reference(name, &id)?;
+            }
+            txn.remove_lease(lease_id)?;
+            Ok(())
         })?;
         crate::fail_point!("pull::after_ready_commit", ServiceError::ShuttingDown);
         Ok(id)
@@ -368,12 +367,11 @@ impl ImageService {
                 Err(PrepareError::Snapshot(error)) => return Err(ServiceError::Snapshot(error)),
             }
         }
-        tracing::info_span!("commit_snapshots", layers = ready.len()).in_scope(|| {
-            for prepared in ready {
-                self.snapshots.commit(prepared)?;
-            }
-            Ok::<(), ServiceError>(())
-        })?;
+        // Entered, not instrumented: nothing is awaited from here on.
+        let _commit = tracing::info_span!("commit_snapshots", layers = ready.len()).entered();
+        for prepared in ready {
+            self.snapshots.commit(prepared)?;
+        }
         Ok(chain.last().cloned())
     }
 }
