@@ -2,8 +2,9 @@
 //!
 //! Start: create the root, open and migrate the metadata store (refusing a
 //! corrupted or newer-schema file), record a new boot, open the content and
-//! snapshot stores, reconcile what a crash left, build the image service,
-//! bind the socket (replacing a
+//! snapshot stores, reconcile what a crash left (recorded in the metrics),
+//! build the image service, bind the metrics endpoint if `--metrics-addr` asks
+//! for one, bind the socket (replacing a
 //! stale one only if nothing answers on it), then serve. Reconciliation and
 //! background gc slot in before the socket opens as they land. Shutdown runs
 //! in reverse: stop accepting, let calls in flight finish, close the stores.
