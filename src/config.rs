@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub hosts_directory: Option<PathBuf>,
     /// Pulls running at once (0 = unlimited, 1 = the kubelet's serialized mode).
     pub pulls_max: Option<usize>,
+    /// Where to serve `/metrics` (TCP address or unix socket path); off if unset.
+    pub metrics_address: Option<crate::metrics::MetricsAddress>,
     /// `--config FILE`; `None` means the default file if present.
     pub config_file: Option<PathBuf>,
     /// `--log-format`, overriding `log.format`.
@@ -142,6 +144,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: String,
+    /// Where to serve `/metrics`; `None` serves no metrics.
+    pub metrics_address: Option<crate::metrics::MetricsAddress>,
 }
 
 /// Defaults, with units in their names.
@@ -342,6 +346,7 @@ impl Config {
             gc_reconcile_grace_period_ms,
             log_format,
             log_level,
+            metrics_address: raw.metrics_address,
         })
     }
 

@@ -2,14 +2,15 @@
 //!
 //! Start: create the root, open and migrate the metadata store (refusing a
 //! corrupted or newer-schema file), record a new boot, open the content and
-//! snapshot stores, reconcile what a crash left, build the image service,
-//! bind the socket (replacing a
-//! stale one only if nothing answers on it), then serve, with the background
-//! gc worker running next to the server. Shutdown runs in reverse: stop
-//! accepting, let calls in flight finish for the grace period, abort the
-//! pulls still running (what they stored stays under their leases; their
-//! images were never marked ready), stop the gc worker after its pass in
-//! progress, close the stores.
+//! snapshot stores, reconcile what a crash left (recorded in the metrics),
+//! build the image service, bind the metrics endpoint if `--metrics-addr` asks
+//! for one, bind the socket (replacing a stale one only if nothing answers on
+//! it), then serve, with the background gc worker running next to the server.
+//! Shutdown runs in reverse: stop accepting, let calls in flight finish for
+//! the grace period, abort the pulls still running (what they stored stays
+//! under their leases; their images were never marked ready), stop the gc
+//! worker after its pass in progress and the metrics endpoint, close the
+//! stores.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use crate::content_store::{ContentError, ContentLimits, ContentStore};
 use crate::gc::{GarbageCollector, GcPaths, GcSettings};
 use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
+use crate::metrics::http_server::MetricsListener;
+use crate::metrics::{Metrics, MetricsServerError, ReconcileRun};
 use crate::registry::hosts::HostsDirectory;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::snapshot_store::{SnapshotError, SnapshotStore};
@@ -45,6 +48,8 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("startup reconciliation failed: {0}")]
     Reconcile(#[from] crate::reconcile::ReconcileError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsServerError),
 }
 
 /// How long what interrupted pulls stored stays protected after a restart, so
@@ -62,6 +67,8 @@ pub struct Daemon {
     service: Arc<ImageService>,
     gc: Arc<GarbageCollector>,
     listener: tokio::net::UnixListener,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<MetricsListener>,
 }
 
 impl Daemon {
@@ -72,6 +79,7 @@ impl Daemon {
             source,
         })?;
         let started = std::time::Instant::now();
+        let metrics = Arc::new(Metrics::new());
         let (metadata, report) = MetadataStore::open(&config.metadata_path())?;
         let metadata = Arc::new(metadata);
         let boot_id = metadata.begin_boot().map_err(DaemonError::BeginBoot)?;
@@ -94,7 +102,17 @@ impl Daemon {
             config.snapshots_directory(),
             metadata.clone(),
         )?);
-        crate::reconcile::reconcile(&metadata, &snapshots, &boot_id, RECONCILE_GRACE_PERIOD_MS)?;
+        let reconciled = crate::reconcile::reconcile(
+            &metadata,
+            &snapshots,
+            &boot_id,
+            RECONCILE_GRACE_PERIOD_MS,
+        )?;
+        metrics.record_reconcile(&ReconcileRun {
+            duration_ms: reconciled.elapsed_ms,
+            problems_by_kind: reconciled.problems_by_kind(),
+            summary_line: reconciled.one_line(),
+        });
         let mut settings = PullSettings::default();
         settings.limits.pulls_max = config.pulls_max;
         settings.limits.pulls_queued_max = config.pulls_queued_max;
@@ -137,7 +155,18 @@ impl Daemon {
             pinned: PinnedImages::new(config.pinned_images.clone()),
             settings,
             boot_id: boot_id.clone(),
+            metrics: metrics.clone(),
         }));
+        let store_stats_source: Arc<dyn crate::metrics::StoreStatsSource> = service.clone();
+        metrics.set_store_stats_source(Arc::downgrade(&store_stats_source));
+        let metrics_listener = match &config.metrics_address {
+            Some(address) => {
+                let listener = MetricsListener::bind(address)?;
+                tracing::info!(address = %listener.local_address(), "serving metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let listener = api::bind_socket(&config.socket)?;
         tracing::info!(socket = %config.socket.display(), "listening");
         Ok(Daemon {
@@ -146,6 +175,8 @@ impl Daemon {
             service,
             gc,
             listener,
+            metrics,
+            metrics_listener,
         })
     }
 
@@ -154,6 +185,15 @@ impl Daemon {
     /// still running after that (their callers get `Unavailable`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
+        // One shutdown, two servers: the gRPC one is told through `shutdown`,
+        // the metrics one through this channel.
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let mut metrics_stopped = metrics_stopped;
+            tokio::spawn(listener.serve(self.metrics, async move {
+                let _ = metrics_stopped.wait_for(|stopped| *stopped).await;
+            }))
+        });
         let (stop_gc, gc_stopped) = tokio::sync::watch::channel(false);
         let gc_worker = crate::gc::worker::spawn_worker(self.gc, gc_stopped);
         let grace_period = std::time::Duration::from_millis(self.config.shutdown_grace_period_ms);
@@ -161,6 +201,7 @@ impl Daemon {
         let boot_id = self.boot_id.clone();
         let signalled = async move {
             shutdown.await;
+            let _ = stop_metrics.send(true);
             tracing::info!(
                 boot_id = %boot_id,
                 grace_period_ms = grace_period.as_millis() as u64,
@@ -201,6 +242,11 @@ impl Daemon {
                 }
             }
         };
+        if let Some(metrics_server) = metrics_server
+            && let Err(error) = metrics_server.await
+        {
+            tracing::warn!(%error, "the metrics server ended abnormally");
+        }
         // The worker stops between passes: a pass in progress finishes first.
         let _ = stop_gc.send(true);
         if let Err(error) = gc_worker.await {

@@ -23,6 +23,7 @@ pub mod fsck;
 pub mod gc;
 pub mod image_service;
 pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod reconcile;
 pub mod reference;

@@ -47,6 +47,10 @@ enum Command {
         /// it exists). Flags override its values.
         #[arg(long = "config", value_name = "FILE")]
         config_file: Option<PathBuf>,
+        /// Serve Prometheus metrics at /metrics on this TCP address
+        /// (127.0.0.1:9464) or unix socket (an absolute path); off by default.
+        #[arg(long = "metrics-addr", value_name = "ADDRESS")]
+        metrics_address: Option<cri_imaged::metrics::MetricsAddress>,
     },
     /// Check the store offline (stop the daemon first); exit 1 if problems are found.
     Fsck(cri_imaged::cli::FsckArgs),
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<ExitCode> {
             hosts_directory,
             pulls_max,
             config_file,
+            metrics_address,
         } => serve(RawConfig {
             root,
             socket,
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<ExitCode> {
             pulls_max,
             config_file,
             log_format,
+            metrics_address,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Fsck(args) => Ok(cri_imaged::cli::run_fsck(args)),

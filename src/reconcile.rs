@@ -31,6 +31,40 @@ pub struct ReconcileSummary {
     pub elapsed_ms: u64,
 }
 
+impl ReconcileSummary {
+    /// What was found, by kind, for the `reconcile_problems` metric.
+    pub fn problems_by_kind(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("leases_ended", self.leases_ended),
+            ("resources_kept_for_grace", self.resources_kept_for_grace),
+            ("images_marked_gc_pending", self.images_marked_gc_pending),
+            (
+                "extracting_snapshots_removed",
+                self.extracting_snapshots_removed,
+            ),
+            (
+                "extracting_directories_removed",
+                self.extracting_directories_removed,
+            ),
+        ]
+    }
+
+    /// The line `cri-imaged status` shows.
+    pub fn one_line(&self) -> String {
+        format!(
+            "ended {} leases of earlier boots (kept {} resources for the grace period), \
+             marked {} images gc_pending, removed {} extracting snapshots and {} extracting \
+             directories in {} ms",
+            self.leases_ended,
+            self.resources_kept_for_grace,
+            self.images_marked_gc_pending,
+            self.extracting_snapshots_removed,
+            self.extracting_directories_removed,
+            self.elapsed_ms
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReconcileError {

@@ -28,6 +28,9 @@
 //! - `gc`: garbage collection and leases with the real daemon and registry:
 //!   removal reclaims exactly what only the removed image used, within
 //!   seconds; `cri-imaged gc` and `cri-imaged leases`.
+//! - `metrics`: `serve --metrics-addr` scraped and parsed after real pulls,
+//!   request ids in the JSON log, `cri-imaged status`, no credential in any
+//!   log line or metric.
 
 mod support;
 
@@ -40,6 +43,7 @@ mod drills;
 mod fsck;
 mod gc;
 mod metadata_store;
+mod metrics;
 mod migrations;
 mod proto_wire;
 mod pull_progress;

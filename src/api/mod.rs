@@ -2,12 +2,14 @@
 //! `runtime.v1.ImageService` and `runtime.v1.RuntimeService` (Version and
 //! Status) on a unix socket, translates requests into `image_service` calls and
 //! the answers back, and maps errors to status codes in one place (`status`).
+//! `request_observer` wraps every request: request id, `rpc` span, metrics.
 
 mod admin;
 pub mod client;
 mod convert;
 mod image_service;
 pub mod proto;
+mod request_observer;
 mod runtime_service;
 mod status;
 
@@ -73,7 +75,9 @@ pub async fn serve(
     let admin = proto::cri_imaged::admin::v1::admin_service_server::AdminServiceServer::new(
         admin::AdminApi::new(service.clone()),
     );
+    let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
     tonic::transport::Server::builder()
+        .layer(observe)
         .add_service(images)
         .add_service(admin)
         .add_service(runtime_service::RuntimeServiceRouter::new())

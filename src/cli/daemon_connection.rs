@@ -175,6 +175,17 @@ pub async fn runtime_version(socket: &Path) -> Result<cri::VersionResponse, CliE
     call_within_limit("Version", socket, runtime.version(request)).await
 }
 
+/// `cri_imaged.admin.v1.AdminService/DaemonStatus`, on a connection of its own.
+pub async fn daemon_status(socket: &Path) -> Result<admin::DaemonStatusResponse, CliError> {
+    let mut admin = connect_within_limit(socket, client::admin_client(socket)).await?;
+    call_within_limit(
+        "DaemonStatus",
+        socket,
+        admin.daemon_status(admin::DaemonStatusRequest {}),
+    )
+    .await
+}
+
 /// An `ImageSpec` naming `image` (a reference, an id or an id prefix) as the
 /// user typed it.
 pub fn image_spec(image: &str) -> cri::ImageSpec {

@@ -1,5 +1,5 @@
 //! The client subcommands of the `cri-imaged` binary (`pull`, `images`,
-//! `inspect`, `rmi`, `fsinfo`, `version`, `mount`, `unmount`): each parses its flags, talks to a
+//! `inspect`, `rmi`, `fsinfo`, `version`, `status`, `mount`, `unmount`, `gc`, `leases`): each parses its flags, talks to a
 //! running daemon over its unix socket with the same generated CRI clients the
 //! kubelet's client mirrors, and prints the answer. Results go to stdout, in a
 //! crictl-like table or as JSON; progress and errors go to stderr. No secret
@@ -22,6 +22,7 @@ mod leases;
 mod mount;
 mod pull;
 mod rmi;
+mod status;
 mod table;
 mod version;
 
@@ -39,6 +40,7 @@ pub use leases::LeasesArgs;
 pub use mount::{MountArgs, UnmountArgs};
 pub use pull::PullArgs;
 pub use rmi::RmiArgs;
+pub use status::StatusArgs;
 pub use version::VersionArgs;
 
 /// The client subcommands, to be flattened into the binary's own
@@ -57,6 +59,9 @@ pub enum ClientCommand {
     Fsinfo(FsinfoArgs),
     /// Show the client's and the daemon's versions.
     Version(VersionArgs),
+    /// Show the daemon's uptime, store counts and sizes, limits and last
+    /// gc and reconcile summaries.
+    Status(StatusArgs),
     /// Run a garbage-collection pass now and print what it freed.
     Gc(GcArgs),
     /// List the leases that protect content from garbage collection.
@@ -111,6 +116,7 @@ pub async fn run(command: ClientCommand) -> Result<ExitCode, CliError> {
         ClientCommand::Unmount(args) => mount::run_unmount(args).await,
         ClientCommand::Gc(args) => gc::run(args).await,
         ClientCommand::Leases(args) => leases::run(args).await,
+        ClientCommand::Status(args) => status::run(args).await,
     }
 }
 

@@ -539,7 +539,7 @@ fn a_lease_is_renewed_once_half_of_it_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_pull_keeps_its_lease_past_the_lease_duration() {
     let fixture = Fixture::new();
-    let duration_ms = 400;
+    let duration_ms = 1_000;
     fixture.lease("pull", now_ms() + duration_ms, &[]);
     let started = now_ms();
     super::lease_renewal::renew_while(
@@ -725,7 +725,9 @@ async fn pulls_in_flight_never_lose_a_file_to_a_concurrent_pass() {
                         })
                         .await
                         .unwrap();
-                    snapshots.commit(prepared).unwrap();
+                    if let Err(error) = snapshots.commit(prepared) {
+                        panic!("commit of {chain_id} failed: {error:?}");
+                    }
                 }
                 // Everything the live lease holds is recorded and on disk.
                 let read = metadata.read().unwrap();

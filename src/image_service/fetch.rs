@@ -15,6 +15,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tracing::Instrument as _;
 
 use crate::content_store::{
     BlobSource, BlobTap, ContentError, ContentStore, IngestError, IngestOutcome, IngestRequest,
@@ -95,6 +96,27 @@ impl FetchedImage {
     pub fn downloaded_bytes(&self) -> u64 {
         self.layers.iter().map(|layer| layer.downloaded_bytes).sum()
     }
+
+    /// Layer bytes not downloaded because they were stored already: whole
+    /// blobs, and the part of a partial download that was resumed.
+    pub fn skipped_bytes(&self) -> u64 {
+        skipped_bytes(&self.layers)
+    }
+}
+
+/// Layer bytes of `layers` not downloaded because they were stored already:
+/// whole blobs, and the part of a partial download that was resumed.
+pub fn skipped_bytes(layers: &[IngestOutcome]) -> u64 {
+    layers
+        .iter()
+        .map(|layer| {
+            if layer.already_present {
+                layer.blob.size_bytes
+            } else {
+                layer.resumed_from_bytes
+            }
+        })
+        .sum()
 }
 
 /// A blob's bytes from the registry, resumable at an offset.
@@ -255,7 +277,17 @@ pub async fn resolve_image(
         reference: reference_text.clone(),
         source,
     };
-    let resolved = session.resolve(reference).await?;
+    let resolved = session
+        .resolve(reference)
+        .instrument(tracing::info_span!("resolve", reference = %reference))
+        .await?;
+    tracing::info!(
+        reference = %reference,
+        digest = %resolved.descriptor.digest,
+        media_type = %resolved.descriptor.media_type,
+        endpoint = %resolved.endpoint,
+        "reference resolved"
+    );
     let target = resolved.descriptor.clone();
     let decoded = decode_manifest(
         &resolved.bytes,
@@ -393,25 +425,37 @@ pub async fn fetch_layers(
     for ((index, layer), tap) in image_manifest.layers.iter().enumerate().zip(taps) {
         let layer = layer.clone();
         let resumes_max = limits.layer_resumes_max;
-        downloads.push(Box::pin(async move {
-            // Owned by this download: dropped (ending its readers) when it ends.
-            let _tap = tap;
-            // Never closed, so a failed acquire cannot happen; without a
-            // slot the download would merely run unbounded.
-            let _slot = download_slots.acquire().await.ok();
-            progress.download_started(index);
-            let outcome = fetch_layer(
-                session,
-                store,
-                &layer,
-                lease_id,
-                resumes_max,
-                (progress, index),
-            )
-            .await?;
-            progress.download_finished(index, outcome.already_present);
-            Ok((index, outcome))
-        }));
+        let span = tracing::info_span!("fetch_layer", digest = %layer.digest);
+        downloads.push(Box::pin(
+            async move {
+                // Owned by this download: dropped (ending its readers) when it ends.
+                let _tap = tap;
+                // Never closed, so a failed acquire cannot happen; without a
+                // slot the download would merely run unbounded.
+                let _slot = download_slots.acquire().await.ok();
+                progress.download_started(index);
+                let started = std::time::Instant::now();
+                let outcome = fetch_layer(
+                    session,
+                    store,
+                    &layer,
+                    lease_id,
+                    resumes_max,
+                    (progress, index),
+                )
+                .await?;
+                progress.download_finished(index, outcome.already_present);
+                tracing::info!(
+                    size_bytes = layer.size_bytes,
+                    downloaded_bytes = outcome.downloaded_bytes,
+                    already_present = outcome.already_present,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "layer fetched"
+                );
+                Ok((index, outcome))
+            }
+            .instrument(span),
+        ));
     }
     let mut layers: Vec<(usize, IngestOutcome)> = futures_util::stream::iter(downloads)
         .buffer_unordered(limits.layer_downloads_max.max(1))

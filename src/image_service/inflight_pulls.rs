@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument as _;
 
 use crate::image_service::pull_progress::PullProgress;
 use crate::oci::platform::Platform;
@@ -165,21 +166,27 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
             pulls: this.clone(),
             key: task_key,
         };
-        let task = tokio::spawn(async move {
-            let _entry = entry;
-            let _turn = match &this.running {
-                Some(semaphore) => {
-                    this.waiting
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let permit = semaphore.clone().acquire_owned().await;
-                    this.waiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    permit.ok()
-                }
-                None => None,
-            };
-            pull.await
-        });
+        // The task carries the span of the request that started it, so its
+        // log lines show that request's id.
+        let span = tracing::Span::current();
+        let task = tokio::spawn(
+            async move {
+                let _entry = entry;
+                let _turn = match &this.running {
+                    Some(semaphore) => {
+                        this.waiting
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let permit = semaphore.clone().acquire_owned().await;
+                        this.waiting
+                            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        permit.ok()
+                    }
+                    None => None,
+                };
+                pull.await
+            }
+            .instrument(span),
+        );
         let abort = task.abort_handle();
         let shared = async move {
             match task.await {
@@ -226,6 +233,16 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
             abort.abort();
         }
         aborts.len()
+    }
+
+    /// Distinct pulls running, and pulls waiting for a turn.
+    pub(crate) fn queue_stats(&self) -> crate::metrics::PullQueueStats {
+        let queued = self.waiting.load(std::sync::atomic::Ordering::SeqCst) as u64;
+        let in_flight = self.lock().len() as u64;
+        crate::metrics::PullQueueStats {
+            running: in_flight.saturating_sub(queued),
+            queued,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PullKey, InflightPull<E>>> {

@@ -7,6 +7,9 @@
 //!   blobs into the content store).
 //! - `lookup`: what a CRI `ImageSpec.image` names (a name, an id, an id prefix).
 //! - `pull_progress`: the live per-layer progress table of one pull.
+//! - `pull_result`: the metrics' `result` label of a failed pull, from the
+//!   error enums in one function.
+//! - `store_stats`: the store's counts and sizes for metrics and `status`.
 
 pub mod fetch;
 mod inflight_pulls;
@@ -14,6 +17,8 @@ mod lookup;
 pub mod mount;
 pub mod pull;
 pub mod pull_progress;
+mod pull_result;
+mod store_stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -176,6 +181,7 @@ pub struct ImageService {
     fs_usage_cache: std::sync::Mutex<Option<(std::time::Instant, FsUsage)>>,
     gc: Arc<GarbageCollector>,
     inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What an [`ImageService`] works with.
@@ -189,6 +195,8 @@ pub struct ImageServiceParts {
     pub boot_id: String,
     /// Woken after removals; runs passes on demand.
     pub gc: Arc<GarbageCollector>,
+    /// Where pulls are counted; `Metrics::new()` for a service of its own.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ImageService {
@@ -204,7 +212,13 @@ impl ImageService {
             gc: parts.gc,
             inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
             settings: parts.settings,
+            metrics: parts.metrics,
         }
+    }
+
+    /// The metrics this service records into (the daemon serves them).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Every ready image, or only the one `filter` names.

@@ -15,14 +15,16 @@ use std::sync::Arc;
 
 use crate::content_store::{BlobTap, TapReader};
 use futures_util::FutureExt;
+use tracing::Instrument as _;
 
 use crate::image_service::fetch::{
-    FetchLimits, FetchShared, ResolvedImage, fetch_layers, resolve_image,
+    FetchLimits, FetchShared, ResolvedImage, fetch_layers, resolve_image, skipped_bytes,
 };
 use crate::image_service::inflight_pulls::{PullKey, PullLimits, PullRefused, SharedPull};
 use crate::image_service::pull_progress::PullProgress;
 use crate::image_service::{ImageService, ServiceError};
 use crate::metadata::{Image, ImageState, Lease, LeaseResource};
+use crate::metrics::{Metrics, PullResult};
 use crate::oci::manifest::layer_compression;
 use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
@@ -76,13 +78,22 @@ pub struct StartedPull {
     /// Whether this call joined a pull another caller started.
     pub joined: bool,
     outcome: SharedPull<ServiceError>,
+    /// Counts this request in the metrics when its outcome is known.
+    recording: Option<PullRecording>,
 }
 
 impl StartedPull {
     /// Waits for the pull's outcome. Dropping this future does not cancel the
     /// pull: it runs in its own task and other callers may share it.
-    pub async fn outcome(self) -> Result<Digest, Arc<ServiceError>> {
-        self.outcome.await
+    pub async fn outcome(mut self) -> Result<Digest, Arc<ServiceError>> {
+        let outcome = self.outcome.await;
+        if let Some(recording) = self.recording.take() {
+            recording.finish(match &outcome {
+                Ok(_) => PullResult::Ok,
+                Err(error) => error.pull_result(),
+            });
+        }
+        outcome
     }
 }
 
@@ -99,17 +110,44 @@ impl ImageService {
 
     /// Validates `request` and starts its pull, or joins the identical pull in
     /// flight. Every pull (CRI PullImage and the admin PullWithProgress) goes
-    /// through here, so both get the same checks, sharing and results.
+    /// through here, so both get the same checks, sharing, results and
+    /// metrics: each request is counted once, when its outcome is known (or
+    /// as `cancelled` if it goes away first).
     pub fn start_pull(
         self: &Arc<Self>,
         request: &PullRequest,
     ) -> Result<StartedPull, ServiceError> {
-        let reference = ImageReference::parse_docker_ref(&request.image).map_err(|source| {
-            ServiceError::InvalidReference {
+        let reference = ImageReference::parse_docker_ref(&request.image);
+        let recording = PullRecording::start(
+            self.metrics.clone(),
+            reference
+                .as_ref()
+                .map_or(crate::metrics::OTHER, ImageReference::domain),
+        );
+        let started = match reference {
+            Ok(reference) => self.start_parsed(request, reference),
+            Err(source) => Err(ServiceError::InvalidReference {
                 input: crate::reference::bounded_echo(&request.image),
                 source,
+            }),
+        };
+        match started {
+            Ok(mut started) => {
+                started.recording = Some(recording);
+                Ok(started)
             }
-        })?;
+            Err(error) => {
+                recording.finish(error.pull_result());
+                Err(error)
+            }
+        }
+    }
+
+    fn start_parsed(
+        self: &Arc<Self>,
+        request: &PullRequest,
+        reference: ImageReference,
+    ) -> Result<StartedPull, ServiceError> {
         let credentials = RegistryCredentials::from_auth_config(&request.auth)
             .map_err(ServiceError::InvalidAuth)?;
         let platform = self.platform_for(&request.runtime_handler)?;
@@ -119,13 +157,16 @@ impl ImageService {
             platform: platform.clone(),
         };
         let service = self.clone();
+        let registry = reference.domain().to_owned();
         let start = move |progress: Arc<PullProgress>| {
+            let span = tracing::info_span!("pull", reference = %reference);
             async move {
                 service
                     .pull_within_deadline(reference, credentials, platform, progress)
                     .await
                     .map_err(Arc::new)
             }
+            .instrument(span)
             .boxed()
         };
         let joined = self
@@ -136,12 +177,14 @@ impl ImageService {
                 PullRefused::Aborted => ServiceError::ShuttingDown,
             });
         if joined.joined {
-            tracing::debug!(reference = %request.image, "joined a pull in flight");
+            self.metrics.record_pull_deduplicated(&registry);
+            tracing::info!(reference = %request.image, "joined a pull in flight");
         }
         Ok(StartedPull {
             progress: joined.progress,
             joined: joined.joined,
             outcome: joined.outcome,
+            recording: None,
         })
     }
 
@@ -263,7 +306,14 @@ impl ImageService {
             &self.settings.fetch,
             progress,
         )
-        .await?;
+        .await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.record_transfer(reference, &session, 0);
+                return Err(error.into());
+            }
+        };
         let image = self.record_pulling(&fetched, reference, lease_id)?;
         // Each layer unpacks while it downloads, reading the bytes the ingest
         // writes through a tap; the snapshot commits only after the whole
@@ -286,6 +336,13 @@ impl ImageService {
         );
         let unpacking = self.unpack_all(&fetched, readers, lease_id, progress);
         let (downloaded, unpacked) = tokio::join!(downloading, unpacking);
+        // Counted whether or not the fetch succeeded: a failed pull's bytes
+        // crossed the network too.
+        self.record_transfer(
+            reference,
+            &session,
+            downloaded.as_deref().map_or(0, skipped_bytes),
+        );
         // A failed download also fails its layer's unpack: report the cause.
         downloaded?;
         let top_chain_id = unpacked?;
@@ -301,6 +358,8 @@ impl ImageService {
         }
         names.push(reference.with_digest(fetched.target.digest.clone()));
         crate::fail_point!("pull::before_ready_commit", ServiceError::ShuttingDown);
+        // Entered, not instrumented: nothing is awaited from here on.
+        let _commit = tracing::info_span!("commit", image = %id).entered();
         self.metadata.write(|txn| {
             let mut ready = txn.image(&id)?.unwrap_or(image.clone());
             ready.state = ImageState::Ready;
@@ -318,6 +377,19 @@ impl ImageService {
         crate::fail_point!("pull::after_ready_commit", ServiceError::ShuttingDown);
         progress.all_layers_done();
         Ok(id)
+    }
+
+    /// Counts what `session` received and what was already stored.
+    fn record_transfer(
+        &self,
+        reference: &ImageReference,
+        session: &crate::registry::RepositorySession,
+        skipped_bytes: u64,
+    ) {
+        self.metrics
+            .record_pull_bytes(reference.domain(), session.received_bytes(), skipped_bytes);
+        self.metrics
+            .record_mirror_fallbacks(reference.domain(), session.endpoint_fallbacks());
     }
 
     /// Records the image `pulling` under the lease; an image that is already
@@ -405,19 +477,38 @@ impl ImageService {
             let lease_id = lease_id.to_owned();
             let progress = progress.clone();
             let extraction_slots = self.inflight.extraction_slots().clone();
-            preparations.push(Box::pin(async move {
-                // Taken before the snapshot's chain lock, so the holder of a
-                // chain lock always has its slot (no pull waits for a slot
-                // while holding a lock another pull needs).
-                let _slot = extraction_slots.acquire_owned().await.ok();
-                snapshots
-                    .prepare(layer, &lease_id, move |directory| {
-                        // Runs only when the snapshot is not committed yet.
-                        progress.extraction_started(index);
-                        unpack_blob(reader, &media_type, directory, &options)
-                    })
-                    .await
-            }));
+            let span = tracing::info_span!(
+                "unpack_layer",
+                chain_id = %layer.chain_id,
+                digest = %blob.digest
+            );
+            // The unpack runs on a blocking thread: it enters the span itself.
+            let blocking_span = span.clone();
+            preparations.push(Box::pin(
+                async move {
+                    // Taken before the snapshot's chain lock, so the holder of
+                    // a chain lock always has its slot (no pull waits for a
+                    // slot while holding a lock another pull needs).
+                    let _slot = extraction_slots.acquire_owned().await.ok();
+                    let started = std::time::Instant::now();
+                    let prepared = snapshots
+                        .prepare(layer, &lease_id, move |directory| {
+                            // Runs only when the snapshot is not committed yet.
+                            progress.extraction_started(index);
+                            blocking_span
+                                .in_scope(|| unpack_blob(reader, &media_type, directory, &options))
+                        })
+                        .await;
+                    if prepared.is_ok() {
+                        tracing::info!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "layer unpacked"
+                        );
+                    }
+                    prepared
+                }
+                .instrument(span),
+            ));
         }
         let prepared: Vec<_> = futures_util::stream::iter(preparations)
             .buffered(self.settings.extractions_max.max(1))
@@ -436,10 +527,52 @@ impl ImageService {
                 Err(PrepareError::Snapshot(error)) => return Err(ServiceError::Snapshot(error)),
             }
         }
+        // Entered, not instrumented: nothing is awaited from here on.
+        let _commit = tracing::info_span!("commit_snapshots", layers = ready.len()).entered();
         for prepared in ready {
             self.snapshots.commit(prepared)?;
         }
         Ok(chain.last().cloned())
+    }
+}
+
+/// Counts one PullImage request: started when created, finished with its
+/// result by [`PullRecording::finish`], or as `cancelled` if the request's
+/// future is dropped first (the client went away).
+struct PullRecording {
+    metrics: Arc<Metrics>,
+    registry: String,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+impl PullRecording {
+    fn start(metrics: Arc<Metrics>, registry: &str) -> PullRecording {
+        metrics.record_pull_started(registry);
+        PullRecording {
+            metrics,
+            registry: registry.to_owned(),
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(mut self, result: PullResult) {
+        self.record(result);
+    }
+
+    fn record(&mut self, result: PullResult) {
+        if !self.finished {
+            self.finished = true;
+            self.metrics
+                .record_pull_finished(&self.registry, result, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for PullRecording {
+    fn drop(&mut self) {
+        self.record(PullResult::Cancelled);
     }
 }
 

@@ -5,6 +5,7 @@
 //! answers to typed errors. Operations try each endpoint in order, mirrors
 //! first, and fall back to the next when one fails.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,11 @@ pub struct RepositorySession {
     endpoints: Vec<Endpoint>,
     /// The `Authorization` header that last worked, per endpoint index.
     authorization: Mutex<Vec<Option<String>>>,
+    /// Body bytes received (manifests, configs, blob streams), for metrics.
+    /// Shared with blob streams, which outlive the call that opened them.
+    received_bytes: Arc<AtomicU64>,
+    /// Requests that failed at one endpoint and went on to the next.
+    endpoint_fallbacks: AtomicU64,
 }
 
 impl RepositorySession {
@@ -68,7 +74,21 @@ impl RepositorySession {
             credentials,
             endpoints,
             authorization,
+            received_bytes: Arc::new(AtomicU64::new(0)),
+            endpoint_fallbacks: AtomicU64::new(0),
         }
+    }
+
+    /// Body bytes received from the registry so far by this session,
+    /// including those of failed attempts.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How many times a request went on to the next endpoint (mirror
+    /// fallback) in this session.
+    pub fn endpoint_fallbacks(&self) -> u64 {
+        self.endpoint_fallbacks.load(Ordering::Relaxed)
     }
 
     pub fn registry(&self) -> &str {
@@ -149,6 +169,8 @@ impl RepositorySession {
                 let bytes = auth::read_bounded(response, limit_bytes)
                     .await
                     .map_err(|error| self.body_error(&registry, error, "blob", limit_bytes))?;
+                self.received_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 verify(
                     &registry,
                     &format!("blob {}", descriptor.digest),
@@ -218,9 +240,13 @@ impl RepositorySession {
                     .config
                     .min_throughput
                     .map(ThroughputWindow::new);
+                let received_bytes = self.received_bytes.clone();
                 let stream = response
                     .bytes_stream()
                     .map(move |chunk| {
+                        if let Ok(bytes) = &chunk {
+                            received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        }
                         let chunk = chunk
                             .map_err(|error| stream_error(&registry, &what, timeout_ms, &error))?;
                         if let Some(window) = window.as_mut() {
@@ -286,6 +312,7 @@ impl RepositorySession {
                         error = %error,
                         "endpoint failed, trying the next one"
                     );
+                    self.endpoint_fallbacks.fetch_add(1, Ordering::Relaxed);
                     last_error = Some(error);
                 }
             }
@@ -347,6 +374,8 @@ impl RepositorySession {
         let bytes = auth::read_bounded(response, limit)
             .await
             .map_err(|error| self.body_error(&registry, error, "manifest", limit))?;
+        self.received_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let what = format!("manifest {reference}");
         let digest = match (expected, header_digest) {
             (Some(expected), _) => {

@@ -14,7 +14,8 @@ pub struct DaemonProcess {
     pub root: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
-    arguments: Vec<String>,
+    /// Extra `serve` flags, given again on restart.
+    pub arguments: Vec<String>,
 }
 
 /// `cri-imaged serve` on the directories under `root`, its log appended to `log`.
