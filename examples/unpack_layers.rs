@@ -38,6 +38,9 @@ use cri_imaged::unpack::{UnpackOptions, UnpackOutcome, sync_filesystem_of, unpac
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One unpacked layer: its outcome and the seconds it took, syncfs included.
+type LayerResult = Result<(UnpackOutcome, f64), BoxError>;
+
 /// Unpacks every layer of an OCI image layout and prints one JSON line.
 #[derive(Parser, Debug)]
 struct Arguments {
@@ -174,7 +177,7 @@ fn unpack_all(
     threads: usize,
 ) -> Result<Vec<(UnpackOutcome, f64)>, BoxError> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<(UnpackOutcome, f64), BoxError>>>> =
+    let results: Mutex<Vec<Option<LayerResult>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..threads.min(jobs.len()) {
