@@ -143,7 +143,7 @@ if [[ $use_tmpfs -eq 1 ]]; then
 fi
 mkdir -p "$store_base" "$work_dir/logs"
 registry_pid=
-declare -A daemon_pid=([ours]= [containerd]=)
+declare -A daemon_pid=([ours]="" [containerd]="")
 declare -A daemon_root=([ours]=$store_base/ours-root [containerd]=$store_base/containerd-root)
 declare -A daemon_socket=([ours]=$work_dir/ours.sock [containerd]=$work_dir/containerd.sock)
 declare -A daemon_log=([ours]=$work_dir/logs/ours.log [containerd]=$work_dir/logs/containerd.log)
@@ -166,7 +166,7 @@ cleanup() {
         done
     fi
     if [[ -n $keep_logs ]]; then
-        mkdir -p "$keep_logs" && cp "$work_dir"/logs/*.log "$keep_logs"/ 2>/dev/null || true
+        { mkdir -p "$keep_logs" && cp "$work_dir"/logs/*.log "$keep_logs"/; } 2>/dev/null || true
     fi
     unmount_below "$store_base" || true
     [[ $store_base == "$work_dir"/* ]] || rm -rf "$store_base"
@@ -295,7 +295,11 @@ done
 fleet_references=$work_dir/fleet.txt
 : >"$fleet_references"
 if ((fleet > 0)); then
-    if [[ -f $oci_dir/bench-fleet-000/index.json ]]; then
+    fleet_layouts=0
+    for ((n = 0; n < fleet; n++)); do
+        [[ ! -f $oci_dir/$(printf 'bench-fleet-%03d' "$n")/index.json ]] || fleet_layouts=$((fleet_layouts + 1))
+    done
+    if ((fleet_layouts == fleet)); then
         log "pushing $fleet fleet images from their layouts"
         for ((n = 0; n < fleet; n++)); do
             push_workload "$(printf 'fleet-%03d' "$n")"
@@ -330,11 +334,17 @@ for binary in "$cri_imaged" "$bench_client"; do
 done
 
 # containerd's certs.d layout, which ours reads too: plain http for the
-# loopback registry (ours would default to it anyway; containerd would not).
+# loopback registry (ours would default to it anyway). containerd 1.6 refuses
+# a hosts.toml without a [host] table ("invalid `host` tree") and falls back
+# to its defaults, so the registry is also listed as a host: both daemons
+# then try it first and never need the server line.
 hosts_dir=$work_dir/certs.d
 mkdir -p "$hosts_dir/$registry_host"
 cat >"$hosts_dir/$registry_host/hosts.toml" <<EOF
 server = "http://$registry_host"
+
+[host."http://$registry_host"]
+  capabilities = ["pull", "resolve"]
 EOF
 
 # containerd's config: version 2, its own everything, the CRI plugin on with
@@ -466,6 +476,16 @@ fresh_daemon() {
     start_daemon "$tool"
 }
 
+# check_containerd_log: a containerd that could not read the hosts
+# directory still pulls (with its defaults), which would compare a different
+# configuration; refuse that.
+check_containerd_log() {
+    if grep -q 'failed to decode hosts.toml' "${daemon_log[containerd]}"; then
+        echo "containerd could not read $hosts_dir (see its log)" >&2
+        return 1
+    fi
+}
+
 client() { # TOOL ARGUMENT...
     local tool=$1
     shift
@@ -563,6 +583,7 @@ run_pull() {
     cpu_after=$(proc_cpu_s "$pid")
     peak_kib=$(proc_kib "$pid" VmHWM)
     after_kib=$(proc_kib "$pid" VmRSS)
+    [[ $tool != containerd ]] || check_containerd_log
     local cpu
     cpu=$(awk -v a="$cpu_before" -v b="$cpu_after" 'BEGIN { printf "%.2f", b - a }')
     record pull "$tool" "$round" "idle_rss_after_start_kib" "$idle_kib"
@@ -599,6 +620,7 @@ if ((fleet > 0)); then
         record idle "$tool" 0 idle_rss_after_start_kib "$(proc_kib "${daemon_pid[$tool]}" VmRSS)"
         figures=$(client "$tool" pull-many --parallel 4 "$fleet_references")
         log "$tool: pulled the fleet: $figures"
+        [[ $tool != containerd ]] || check_containerd_log
     done
     # Idle means no call in flight for a moment: give a Go runtime's
     # background work after the pulls a little time to settle.
