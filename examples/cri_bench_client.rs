@@ -228,9 +228,11 @@ async fn pull_many(
     }))
 }
 
-/// Polls with ListImages until the daemon answers: containerd's CRI plugin
-/// refuses calls until it has initialized, and our socket appears before
-/// the first call is served only by a few milliseconds, so both are polled.
+/// Polls with ListImages until the daemon answers. A socket file is not
+/// enough: it may be a stale one from the previous run until the daemon
+/// replaces it, and containerd serves its socket before its CRI plugin has
+/// initialized (calls fail until then), so only an answered call says the
+/// daemon is ready.
 async fn wait_ready(
     socket: &std::path::Path,
     timeout: Duration,
