@@ -12,7 +12,8 @@
 # measured) and write to the same filesystem: the disk by default, /dev/shm
 # with --tmpfs. Rounds are interleaved A/B (the order flips every round) and
 # every run writes into fresh directories; the previous run's tree is removed
-# and the filesystem synced before the clock starts. Prints the median wall
+# and the filesystem synced before the clock starts. The untimed warm-up
+# round also checks that both sides unpacked the same file bytes. Prints the median wall
 # time of each side, the ratio ours/tar, CPU time (user + sys, children
 # included) and peak RSS (GNU time's maxrss; for the baseline, the largest
 # of gzip, tar and the shell), beside the largest uncompressed layer, so
@@ -208,6 +209,14 @@ run_one() {
     wall=$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.3f", b - a }')
     read -r maxrss cpu < <(tail -n 1 "$time_file" | awk '{ printf "%s %.2f\n", $1, $2 + $3 }')
     read -r uncompressed largest <<<"${layer_sizes[$name]}"
+    if [[ $round -eq 0 ]]; then
+        # Untimed: the bytes of every regular file (hard links once), which
+        # both sides must agree on: whiteouts and opaque markers are empty
+        # files for tar and devices, xattrs or empty files for ours, so a
+        # difference means an unpack went wrong.
+        tree_bytes[$tool]=$(find "$destination" -type f -printf '%i %s\n' | sort -u \
+            | awk '{ total += $2 } END { print total + 0 }')
+    fi
     rm -rf "$destination"
     if [[ $round -gt 0 ]]; then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "bench/$name" "$tool" "$round" "$wall" "$cpu" "$maxrss" \
@@ -221,7 +230,7 @@ run_one() {
 # "TOTAL LARGEST": the uncompressed bytes of all layers and of the largest
 # one (what "a whole layer in memory" would cost), from the gzip trailers
 # (ISIZE, exact below 4 GiB a layer, which these layers are far below).
-declare -A layer_sizes=()
+declare -A layer_sizes=() tree_bytes=()
 for name in "${image_names[@]}"; do
     layer_sizes[$name]=$(layer_files "$oci_dir/bench-$name" | cut -f 1 | python3 -c '
 import struct, sys
@@ -238,6 +247,11 @@ for name in "${image_names[@]}"; do
     if [[ $warmup -eq 1 ]]; then
         run_one ours "$name" 0
         run_one tar "$name" 0
+        if [[ ${tree_bytes[ours]} == "${tree_bytes[tar]}" ]]; then
+            log "bench/$name: both sides unpacked ${tree_bytes[ours]} bytes of files"
+        else
+            log "WARNING bench/$name: ours unpacked ${tree_bytes[ours]} bytes of files, tar ${tree_bytes[tar]}"
+        fi
     fi
     for ((round = 1; round <= rounds; round++)); do
         if ((round % 2 == 1)); then
