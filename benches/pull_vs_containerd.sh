@@ -278,9 +278,11 @@ mkdir -p "$oci_dir"
 
 # push_workload NAME: pushes bench/NAME:v1, from its layout when present.
 push_workload() {
-    local name=$1 layout=$oci_dir/bench-$1
+    local name=$1 layout=$oci_dir/bench-$1 all=()
+    # An index (multiarch) is pushed whole, every platform's manifest with it.
+    [[ $name != multiarch ]] || all=(--all)
     if [[ -f $layout/index.json ]]; then
-        skopeo "${skopeo_policy[@]}" copy --quiet --dest-tls-verify=false \
+        skopeo "${skopeo_policy[@]}" copy --quiet "${all[@]}" --dest-tls-verify=false \
             "oci:$layout:v1" "docker://$registry_host/bench/$name:v1"
     else
         python3 "$make_images" --out "$oci_dir" --push --registry "$registry_host" --only "$name" >&2
