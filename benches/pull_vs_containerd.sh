@@ -419,9 +419,62 @@ proc_cpu_s() {
         | awk -v ticks="$clock_ticks" '{ printf "%.3f\n", ($12 + $13 + $14 + $15) / ticks }'
 }
 
-# tree_bytes DIR: apparent bytes of every file under DIR (what `du -sb` says).
-tree_bytes() {
-    du -sb "$1" 2>/dev/null | awk '{ print $1 }'
+# The bytes under a daemon's root, and the reclaim poller, in one place so
+# that the bytes before and after a RemoveImage are counted the same way.
+tree_bytes_py=$work_dir/tree_bytes.py
+cat >"$tree_bytes_py" <<'EOF'
+"""tree_bytes.py ROOT: apparent bytes under ROOT (like du -sb: every entry's
+size, hard-linked inodes once, entries vanishing under a running gc skipped).
+With --started/--full/--empty/--timeout: polls every 20 ms until the bytes
+have dropped from FULL by 90% of FULL - EMPTY, then prints "SECONDS DROPPED
+ADDED" (seconds since the epoch time STARTED), or "timeout DROPPED ADDED"."""
+import argparse, os, time
+
+def tree_bytes(path, seen):
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+            if (stat.st_dev, stat.st_ino) in seen:
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+        total += stat.st_size
+        if entry.is_dir(follow_symlinks=False):
+            total += tree_bytes(entry.path, seen)
+    return total
+
+parser = argparse.ArgumentParser()
+parser.add_argument("root")
+parser.add_argument("--started", type=float)
+parser.add_argument("--full", type=int)
+parser.add_argument("--empty", type=int)
+parser.add_argument("--timeout", type=float)
+arguments = parser.parse_args()
+if arguments.started is None:
+    print(tree_bytes(arguments.root, set()))
+else:
+    added = arguments.full - arguments.empty
+    while True:
+        dropped = arguments.full - tree_bytes(arguments.root, set())
+        elapsed = time.time() - arguments.started
+        if dropped >= 0.9 * added:
+            print(f"{elapsed:.3f} {dropped} {added}")
+            break
+        if elapsed >= arguments.timeout:
+            print(f"timeout {dropped} {added}")
+            break
+        time.sleep(0.02)
+EOF
+
+tree_bytes() { # DIR
+    python3 "$tree_bytes_py" "$1"
 }
 
 start_daemon() {
@@ -526,40 +579,8 @@ measure_reclaim() {
     local started
     started=$(date +%s.%N)
     remove_s=$(client "$tool" remove "$reference" | json_field wall_s)
-    outcome=$(python3 - "$root" "$started" "$bytes_full" "$bytes_empty" "$reclaim_timeout_s" <<'EOF'
-import os, sys, time
-root, started, full, empty, timeout = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-target_drop = 0.9 * (full - empty)
-
-def tree_bytes(path):
-    # Apparent sizes, like du -sb; entries vanishing under a running gc are skipped.
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            stat = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        total += stat.st_size
-        if entry.is_dir(follow_symlinks=False):
-            total += tree_bytes(entry.path)
-    return total
-
-while True:
-    now = tree_bytes(root)
-    elapsed = time.time() - started
-    if full - now >= target_drop:
-        print(f"{elapsed:.3f} {full - now} {full - empty}")
-        break
-    if elapsed >= timeout:
-        print(f"timeout {full - now} {full - empty}")
-        break
-    time.sleep(0.02)
-EOF
-)
+    outcome=$(python3 "$tree_bytes_py" "$root" --started "$started" --full "$bytes_full" \
+        --empty "$bytes_empty" --timeout "$reclaim_timeout_s")
     read -r reclaim dropped added <<<"$outcome"
     record "remove-$name" "$tool" "$round" call_s "$remove_s"
     if [[ $reclaim == timeout ]]; then
