@@ -681,11 +681,15 @@ if ((many_images > 0)); then
         log "$tool: $figures"
         record many "$tool" 0 pulls_per_s "$(json_field pulls_per_s <<<"$figures")"
         record many "$tool" 0 rss_after_pulls_kib "$(proc_kib "${daemon_pid[$tool]}" VmRSS)"
-        for ((round = 1; round <= rounds; round++)); do
+    done
+    for ((round = 1; round <= rounds; round++)); do
+        order=("${many_tools[@]}")
+        if ((round % 2 == 0 && ${#many_tools[@]} == 2)); then order=(containerd ours); fi
+        for tool in "${order[@]}"; do
             figures=$(client "$tool" list-latency --count 20 --warmup 2)
             record many "$tool" "$round" p50_us "$(json_field latency.p50_us <<<"$figures")"
             record many "$tool" "$round" images "$(json_field images <<<"$figures")"
-            log "round $round: $tool ListImages $figures"
+            log "round $round: $tool ListImages p50 $(json_field latency.p50_us <<<"$figures") us of $(json_field images <<<"$figures") images"
         done
     done
 fi
