@@ -82,7 +82,10 @@ fn main() -> Result<(), BoxError> {
     let unpack_seconds = unpack_started.elapsed().as_secs_f64();
 
     let compressed_bytes: u64 = jobs.iter().map(|job| job.blob.size_bytes).sum();
-    let uncompressed_bytes: u64 = outcomes.iter().map(|(o, _)| o.uncompressed_bytes).sum();
+    let uncompressed_bytes: u64 = outcomes
+        .iter()
+        .map(|(outcome, _)| outcome.uncompressed_bytes)
+        .sum();
     let figures = serde_json::json!({
         "layout": arguments.layout,
         "layers": jobs.len(),
@@ -90,9 +93,9 @@ fn main() -> Result<(), BoxError> {
         "privileged_whiteouts": options.privileged_whiteouts,
         "compressed_bytes": compressed_bytes,
         "uncompressed_bytes": uncompressed_bytes,
-        "entries": outcomes.iter().map(|(o, _)| o.entries).sum::<u64>(),
-        "inodes": outcomes.iter().map(|(o, _)| o.inodes).sum::<u64>(),
-        "file_bytes": outcomes.iter().map(|(o, _)| o.size_bytes).sum::<u64>(),
+        "entries": outcomes.iter().map(|(outcome, _)| outcome.entries).sum::<u64>(),
+        "inodes": outcomes.iter().map(|(outcome, _)| outcome.inodes).sum::<u64>(),
+        "file_bytes": outcomes.iter().map(|(outcome, _)| outcome.size_bytes).sum::<u64>(),
         // Every layer (unpack and syncfs), and everything from process start.
         "unpack_s": round_millis(unpack_seconds),
         "wall_s": round_millis(started.elapsed().as_secs_f64()),
