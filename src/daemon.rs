@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::api;
 use crate::config::Config;
 use crate::content_store::{ContentError, ContentLimits, ContentStore};
-use crate::gc::{GarbageCollector, GcPaths, GcSettings};
+use crate::gc::{GarbageCollector, GcPaths, GcSettings, PassTrigger};
 use crate::image_service::{ImageService, ImageServiceParts, PinnedImages, PullSettings};
 use crate::metadata::{MetadataError, MetadataStore, OpenError};
 use crate::metrics::http_server::MetricsListener;
@@ -48,13 +48,11 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("startup reconciliation failed: {0}")]
     Reconcile(#[from] crate::reconcile::ReconcileError),
+    #[error("the startup gc pass failed: {0}")]
+    StartupGc(#[from] crate::gc::GcError),
     #[error(transparent)]
     Metrics(#[from] MetricsServerError),
 }
-
-/// How long what interrupted pulls stored stays protected after a restart, so
-/// the kubelet's retry resumes rather than starts over.
-const RECONCILE_GRACE_PERIOD_MS: u64 = 10 * 60 * 1000;
 
 /// How long connections may take to close once the pulls still running at
 /// the end of the shutdown grace period were aborted.
@@ -105,8 +103,9 @@ impl Daemon {
         let reconciled = crate::reconcile::reconcile(
             &metadata,
             &snapshots,
+            &crate::fsck::StoreLayout::under_root(&config.root),
             &boot_id,
-            RECONCILE_GRACE_PERIOD_MS,
+            config.gc_reconcile_grace_period_ms,
         )?;
         metrics.record_reconcile(&ReconcileRun {
             duration_ms: reconciled.elapsed_ms,
@@ -144,8 +143,15 @@ impl Daemon {
                 snapshots_directory: config.snapshots_directory(),
                 trash_directory: config.root.join("gc-trash"),
             },
-            GcSettings::default(),
+            GcSettings {
+                schedule_interval_ms: config.gc_interval_ms,
+                ..GcSettings::default()
+            },
         ));
+        gc.set_metrics(metrics.clone());
+        // What reconciliation marked and any file a crash left unnamed go
+        // now, before clients come; what the grace lease holds stays.
+        gc.collect(PassTrigger::Startup)?;
         let service = Arc::new(ImageService::new(ImageServiceParts {
             gc: gc.clone(),
             metadata,

@@ -10,10 +10,17 @@
 //! - Images left `pulling` become `gc_pending`: never shown, reclaimed by gc.
 //! - Snapshots left `extracting` lose their record, and every directory under
 //!   `snapshots/extracting/` is removed.
+//! - Ready images whose blobs or snapshots are missing or the wrong size on
+//!   disk become `gc_pending` (logged), so they are pulled again rather than
+//!   served broken.
+//!
+//! Files that no record names (a crash between a rename and its record) are
+//! removed by the gc pass the daemon runs right after, before it listens.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::fsck::{FsckError, StoreLayout, broken_ready_images};
 use crate::image_service::mount::is_mount_lease;
 use crate::metadata::{
     ImageState, Lease, LeaseResource, MetadataError, MetadataStore, SnapshotState,
@@ -26,6 +33,8 @@ pub struct ReconcileSummary {
     pub leases_ended: u64,
     pub resources_kept_for_grace: u64,
     pub images_marked_gc_pending: u64,
+    /// Ready images whose files were missing or the wrong size on disk.
+    pub broken_images_marked_gc_pending: u64,
     pub extracting_snapshots_removed: u64,
     pub extracting_directories_removed: u64,
     pub elapsed_ms: u64,
@@ -38,6 +47,10 @@ impl ReconcileSummary {
             ("leases_ended", self.leases_ended),
             ("resources_kept_for_grace", self.resources_kept_for_grace),
             ("images_marked_gc_pending", self.images_marked_gc_pending),
+            (
+                "broken_images_marked_gc_pending",
+                self.broken_images_marked_gc_pending,
+            ),
             (
                 "extracting_snapshots_removed",
                 self.extracting_snapshots_removed,
@@ -53,11 +66,12 @@ impl ReconcileSummary {
     pub fn one_line(&self) -> String {
         format!(
             "ended {} leases of earlier boots (kept {} resources for the grace period), \
-             marked {} images gc_pending, removed {} extracting snapshots and {} extracting \
-             directories in {} ms",
+             marked {} interrupted and {} broken images gc_pending, removed {} extracting \
+             snapshots and {} extracting directories in {} ms",
             self.leases_ended,
             self.resources_kept_for_grace,
             self.images_marked_gc_pending,
+            self.broken_images_marked_gc_pending,
             self.extracting_snapshots_removed,
             self.extracting_directories_removed,
             self.elapsed_ms
@@ -83,6 +97,7 @@ pub enum ReconcileError {
 pub fn reconcile(
     metadata: &MetadataStore,
     snapshots: &SnapshotStore,
+    layout: &StoreLayout,
     boot_id: &str,
     grace_period_ms: u64,
 ) -> Result<ReconcileSummary, ReconcileError> {
@@ -156,6 +171,26 @@ pub fn reconcile(
     summary.images_marked_gc_pending = pulling.len() as u64;
     summary.extracting_snapshots_removed = extracting.len() as u64;
 
+    // Files deleted or truncated behind our back: such an image would be
+    // served broken. Not ready any more, it is pulled again (what is intact
+    // is reused; the damaged records are replaced by the new pull).
+    let broken = broken_ready_images(metadata, layout).map_err(|error| match error {
+        FsckError::Metadata(error) => ReconcileError::Metadata(error),
+        FsckError::Io { path, source } => ReconcileError::Io { path, source },
+    })?;
+    if !broken.is_empty() {
+        metadata.write(|txn| {
+            for (image_id, _) in &broken {
+                txn.set_image_state(image_id, ImageState::GcPending)?;
+            }
+            Ok(())
+        })?;
+        for (image_id, cause) in &broken {
+            tracing::warn!(image = %image_id, %cause, "ready image is broken on disk; marked gc_pending so it is pulled again");
+        }
+    }
+    summary.broken_images_marked_gc_pending = broken.len() as u64;
+
     let extracting_directory = snapshots.extracting_directory();
     let io = |source| ReconcileError::Io {
         path: extracting_directory.clone(),
@@ -174,6 +209,7 @@ pub fn reconcile(
         leases_ended = summary.leases_ended,
         resources_kept_for_grace = summary.resources_kept_for_grace,
         images_marked_gc_pending = summary.images_marked_gc_pending,
+        broken_images_marked_gc_pending = summary.broken_images_marked_gc_pending,
         extracting_snapshots_removed = summary.extracting_snapshots_removed,
         extracting_directories_removed = summary.extracting_directories_removed,
         elapsed_ms = summary.elapsed_ms,

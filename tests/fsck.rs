@@ -200,3 +200,48 @@ fn fsck_on_a_directory_without_a_store_says_so() {
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("no cri-imaged store"), "{output}");
 }
+
+#[test]
+fn at_startup_an_image_whose_files_were_deleted_is_not_served_and_pulls_again() {
+    let registry = TestRegistry::start();
+    let (first, second) = images_sharing_a_base();
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("broken/first", &first, "v1").unwrap();
+    pusher.push_image("broken/second", &second, "v1").unwrap();
+    let first_ref = format!("{}/broken/first:v1", registry.host());
+    let second_ref = format!("{}/broken/second:v1", registry.host());
+    let mut daemon = DaemonProcess::start();
+    let socket = daemon.socket.to_str().unwrap().to_owned();
+    for reference in [&first_ref, &second_ref] {
+        let pulled = cri_imaged(&["pull", "--socket", &socket, reference]);
+        assert!(pulled.status.success(), "{}", text(&pulled));
+    }
+    daemon.stop();
+    // Someone deletes the first image's own layer; a crash left a file no
+    // record names.
+    let root = daemon.state();
+    std::fs::remove_file(blob_path(&root, &first.layers[1].digest)).unwrap();
+    let orphan = root.join(format!("content/blobs/sha256/{}", "d".repeat(64)));
+    std::fs::write(&orphan, b"left by a crash between rename and record").unwrap();
+
+    daemon.restart();
+    let listed = cri_imaged(&["images", "--socket", &socket, "-q"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        format!("{}\n", second.config_digest),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("broken on disk"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!orphan.exists(), "the startup gc pass removed the orphan");
+    let pulled = cri_imaged(&["pull", "--socket", &socket, &first_ref]);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert!(blob_path(&root, &first.layers[1].digest).is_file());
+    daemon.stop();
+    let (code, _, output) = fsck(&root, &["--verify-content"]);
+    assert_eq!(code, Some(0), "{output}");
+}

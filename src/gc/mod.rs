@@ -72,6 +72,8 @@ pub enum PassTrigger {
     ImageRemoved,
     Schedule,
     LeaseExpired,
+    /// Right after startup reconciliation, before the socket opens.
+    Startup,
 }
 
 impl PassTrigger {
@@ -81,6 +83,7 @@ impl PassTrigger {
             PassTrigger::ImageRemoved => "image removed",
             PassTrigger::Schedule => "schedule",
             PassTrigger::LeaseExpired => "lease expired",
+            PassTrigger::Startup => "startup",
         }
     }
 
@@ -180,6 +183,8 @@ pub struct GarbageCollector {
     pass_requested: AtomicBool,
     wake: tokio::sync::Notify,
     last_report: Mutex<Option<GcReport>>,
+    /// Where each pass is counted, once the daemon has metrics.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl GarbageCollector {
@@ -201,7 +206,42 @@ impl GarbageCollector {
             pass_requested: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             last_report: Mutex::new(None),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts every pass from now on in `metrics` (and `cri-imaged status`).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn record(&self, outcome: &Result<GcReport, GcError>, duration_ms: u64) {
+        let Some(metrics) = self.metrics.get() else {
+            return;
+        };
+        let summary = match outcome {
+            Ok(report) => crate::metrics::GcRunSummary {
+                duration_ms,
+                images_removed: report.images_removed,
+                blobs_removed: report.blobs_removed,
+                snapshots_removed: report.snapshots_removed,
+                ingests_removed: report.ingests_removed,
+                leases_expired: report.leases_removed,
+                bytes_freed: report.bytes_freed,
+                error: (!report.file_phase_skipped_for.is_empty()).then(|| {
+                    format!(
+                        "file phase skipped: {} consistency problems (run fsck)",
+                        report.file_phase_skipped_for.len()
+                    )
+                }),
+            },
+            Err(error) => crate::metrics::GcRunSummary {
+                duration_ms,
+                error: Some(error.to_string()),
+                ..crate::metrics::GcRunSummary::default()
+            },
+        };
+        metrics.record_gc(&summary);
     }
 
     pub fn settings(&self) -> &GcSettings {
@@ -242,6 +282,7 @@ impl GarbageCollector {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
         let outcome = self.collect_locked(trigger);
+        self.record(&outcome, started.elapsed().as_millis() as u64);
         match &outcome {
             Ok(report) => {
                 let mut report = report.clone();

@@ -102,7 +102,8 @@ async fn killed_between_the_record_and_file_phases_a_restarted_pass_removes_the_
 
     let mut daemon = start(
         root.path(),
-        Some("gc::between_record_and_file_phase=return(abort)"),
+        // The daemon's own startup pass goes through; the next one aborts.
+        Some("gc::between_record_and_file_phase=1*off->return(abort)"),
     )
     .await;
     let mut images = client::image_client(&daemon.socket).await.unwrap();
@@ -169,6 +170,8 @@ async fn killed_between_the_record_and_file_phases_a_restarted_pass_removes_the_
     assert_eq!(listed.images[0].id, kept.config_digest);
     assert_eq!(listed.images[0].repo_tags, vec![kept_name.clone()]);
 
+    // The restarted daemon's startup pass removed the leftovers before it
+    // listened; an operator's pass then finds nothing more.
     let output = Command::new(env!("CARGO_BIN_EXE_cri-imaged"))
         .args(["gc", "--output", "json", "--socket"])
         .arg(&daemon.socket)
@@ -176,8 +179,8 @@ async fn killed_between_the_record_and_file_phases_a_restarted_pass_removes_the_
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["blobsRemoved"], 3, "{report}");
-    assert_eq!(report["snapshotsRemoved"], 1, "{report}");
+    assert_eq!(report["blobsRemoved"], 0, "{report}");
+    assert_eq!(report["snapshotsRemoved"], 0, "{report}");
     for digest in &removed_only {
         assert!(
             !blob_file(&state, digest).exists(),
@@ -272,9 +275,18 @@ async fn killed_mid_extraction_the_retry_reuses_the_stored_blobs_and_removal_the
         !listing(&state.join("snapshots/extracting")).is_empty(),
         "the crash left a half-extracted layer"
     );
-    // Layers unpack while they download: the blobs stored (verified) by the
-    // time of the crash are what the retry must not fetch again.
-    let stored_before_crash = listing(&state.join("content/blobs/sha256"));
+    // Layers unpack while they download: the blobs stored (verified and
+    // recorded) by the time of the crash are what the retry must not fetch
+    // again.
+    let stored_before_crash: Vec<String> = {
+        let (store, _) = MetadataStore::open(&state.join("metadata.redb")).unwrap();
+        let read = store.read().unwrap();
+        read.blobs()
+            .unwrap()
+            .iter()
+            .map(|blob| blob.digest.hex().to_owned())
+            .collect()
+    };
 
     let daemon = start(root.path(), None).await;
     assert!(
