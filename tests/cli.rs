@@ -567,11 +567,44 @@ fn mount_shows_the_merged_read_only_root_and_unmount_releases_it() {
     // Read-only: a write fails with EROFS.
     let write = std::fs::write(target.join("etc/os-release"), b"changed");
     assert_eq!(write.unwrap_err().raw_os_error(), Some(libc_erofs()));
-    // unmount takes the mount away and ends the lease.
+    // The mount lease keeps the snapshots while mounted, even once the image
+    // is removed and garbage is collected; `leases` shows it.
+    let lower_dirs: Vec<std::path::PathBuf> = description["lowerDirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|directory| directory.as_str().unwrap().into())
+        .collect();
+    let leases = daemon.client("leases", &["--output", "json"]);
+    leases.assert_success();
+    assert!(leases.stdout.contains(&target_text), "{leases:#?}");
+    daemon.client("rmi", &[&layered_ref]).assert_success();
+    daemon.client("gc", &[]).assert_success();
+    for directory in &lower_dirs {
+        assert!(
+            directory.is_dir(),
+            "{} kept while mounted",
+            directory.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(target.join("dir/kept")).unwrap(),
+        "kept\n"
+    );
+    // unmount takes the mount away and ends the lease; then gc reclaims.
     let unmounted = daemon.client("unmount", &[&target_text]);
     unmounted.assert_success();
     assert!(!is_mount_point(&target), "{unmounted:#?}");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    daemon.client("gc", &[]).assert_success();
+    for directory in &lower_dirs {
+        assert!(
+            !directory.exists(),
+            "{} reclaimed after unmount",
+            directory.display()
+        );
+    }
+    daemon.client("pull", &[&layered_ref]).assert_success();
     // The lease is gone: a second unmount says there was none.
     let again = daemon.client("unmount", &[&target_text]);
     again.assert_success();
