@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub gc: FileGc,
     #[serde(default)]
     pub log: FileLog,
+    /// Where to serve `/metrics`: `HOST:PORT` or an absolute unix socket path.
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -234,6 +236,14 @@ impl Config {
                 });
             }
         }
+        let metrics_address = match (raw.metrics_address.clone(), &file.metrics_address) {
+            (Some(address), _) => Some(address),
+            (None, Some(text)) => Some(
+                text.parse::<crate::metrics::MetricsAddress>()
+                    .map_err(|error| invalid("metrics_address", text, &error.to_string()))?,
+            ),
+            (None, None) => None,
+        };
         let pull = &file.pull;
         let layer_downloads_max = at_least_one(
             "pull.max_concurrent_downloads",
@@ -346,7 +356,7 @@ impl Config {
             gc_reconcile_grace_period_ms,
             log_format,
             log_level,
-            metrics_address: raw.metrics_address,
+            metrics_address,
         })
     }
 
@@ -635,6 +645,22 @@ mod tests {
     fn config_of(text: &str) -> Result<Config, String> {
         let file = parse_config_text(text)?;
         Config::from_parts(paths(), file, None).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn the_metrics_address_comes_from_the_file_and_a_bad_one_names_the_key() {
+        assert_eq!(config_of("").unwrap().metrics_address, None);
+        let config = config_of("metrics_address = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(
+            config.metrics_address,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let error = config_of("metrics_address = \"not an address\"").unwrap_err();
+        assert!(
+            error.to_string().contains("metrics_address")
+                && error.to_string().contains("not an address"),
+            "{error}"
+        );
     }
 
     #[test]
