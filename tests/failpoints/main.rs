@@ -172,6 +172,7 @@ fn killed_right_after_a_migration_step_the_daemon_restarts_at_the_new_version() 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod crashing_daemon;
 mod gc_crashes;
 
 mod pull_crashes {
@@ -179,61 +180,13 @@ mod pull_crashes {
     //! restart nothing half-pulled is visible, what was stored is reused, and
     //! an image that was committed is intact.
 
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
     use cri_imaged::api::client;
     use cri_imaged::api::proto::runtime::v1 as cri;
     use cri_imaged::metadata::{ImageState, MetadataStore, check_consistency};
 
+    use crate::crashing_daemon::{spec, start};
+
     use crate::support::registry::{Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry};
-
-    struct Daemon {
-        child: Child,
-        socket: PathBuf,
-    }
-
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    async fn start(root: &Path, failpoints: Option<&str>) -> Daemon {
-        let socket = root.join("cri-imaged.sock");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cri-imaged"));
-        command
-            .args(["serve", "--root"])
-            .arg(root.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--hosts-dir")
-            .arg(root.join("certs.d"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(failpoints) = failpoints {
-            command.env("FAILPOINTS", failpoints);
-        }
-        let daemon = Daemon {
-            child: command.spawn().unwrap(),
-            socket,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client::runtime_client(&daemon.socket).await.is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        daemon
-    }
-
-    fn spec(image: &str) -> Option<cri::ImageSpec> {
-        Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        })
-    }
 
     fn blob_fetches(log: &str, digest: &str) -> usize {
         log.lines()
