@@ -7,6 +7,8 @@
 //! `verify_content`, its digest); every committed snapshot's directory present;
 //! every ready image whole (its blobs and its snapshot chain); and no file
 //! that no record names (orphans under `content/blobs`, `content/ingest`,
+//! by the same rule gc uses: an ingest record names its partial file and the
+//! blob file it is renamed to,
 //! `snapshots`, and leftovers under `snapshots/extracting`).
 //!
 //! Repairs: derived indexes are rebuilt from the tables they mirror; a name
@@ -261,12 +263,17 @@ pub fn fsck(
     }
 
     // Files no record names.
+    let ingests = read.ingests()?;
+    // An ingest record names its partial file and, as gc has it, the blob
+    // file it becomes: a crash between the rename and the blob record leaves
+    // that file, which the next pull of the blob replaces.
     let named_blobs: BTreeSet<PathBuf> = blobs
         .iter()
-        .map(|blob| layout.blobs.blob(&blob.digest))
+        .map(|blob| &blob.digest)
+        .chain(ingests.iter().map(|ingest| &ingest.expected_digest))
+        .map(|digest| layout.blobs.blob(digest))
         .collect();
-    let named_partials: BTreeSet<PathBuf> = read
-        .ingests()?
+    let named_partials: BTreeSet<PathBuf> = ingests
         .iter()
         .map(|ingest| layout.blobs.partial(&ingest.expected_digest))
         .collect();

@@ -173,6 +173,7 @@ fn killed_right_after_a_migration_step_the_daemon_restarts_at_the_new_version() 
 mod support;
 
 mod crashing_daemon;
+mod every_fail_point;
 mod gc_crashes;
 
 mod pull_crashes {
