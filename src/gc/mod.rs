@@ -56,7 +56,7 @@ impl Default for GcSettings {
     fn default() -> Self {
         GcSettings {
             schedule_interval_ms: 60 * 60 * 1000,
-            after_removal_delay_ms: 50,
+            after_removal_delay_ms: 10,
             lease_check_interval_ms: 60 * 1000,
         }
     }
