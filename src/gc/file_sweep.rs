@@ -24,6 +24,9 @@
 //! file a pull is writing or about to rename into place is named when this
 //! phase looks, and a commit that would name a file we decided to delete can
 //! only land after the deletion is done (the pull then writes a fresh file).
+//! The hold does not stop a pull from renaming into a path its record already
+//! names, so an entry's type can change while it is listed: a named path is
+//! therefore kept whatever its entry looks like (see `list_snapshots`).
 //!
 //! Directories are renamed into the trash directory while writers are held
 //! (one rename each) and deleted after they are released, so the hold lasts
@@ -106,6 +109,9 @@ fn decide_and_delete(
     list_blobs(&named, &directories.blob_paths, &mut doomed)?;
     list_ingests(&named, &directories.blob_paths, &mut doomed)?;
     list_snapshots(&named, directories, &mut doomed)?;
+    // For the tests that play a pull's steps between the listing and the
+    // deletions (a no-op without the `failpoints` feature).
+    fail::fail_point!("gc::file_phase::decided");
     for entry in doomed {
         let path = match &entry {
             Doomed::Blob(_, path)
@@ -166,12 +172,11 @@ fn list_ingests(
     doomed: &mut Vec<Doomed>,
 ) -> Result<(), GcError> {
     for (name, path) in entries(&paths.ingest_directory())? {
+        // As for snapshots: a named key is kept whatever the entry looks like
+        // at the instant it is looked at (its owner may be replacing it).
         match name.strip_suffix(".partial") {
-            Some(key) if path.is_file() => {
-                if !named.ingest_keys.contains(key) {
-                    doomed.push(Doomed::Ingest(key.to_owned(), path));
-                }
-            }
+            Some(key) if named.ingest_keys.contains(key) => {}
+            Some(key) if path.is_file() => doomed.push(Doomed::Ingest(key.to_owned(), path)),
             _ => doomed.push(Doomed::Unknown(path)),
         }
     }
@@ -183,7 +188,9 @@ fn list_snapshots(
     directories: &SweptDirectories,
     doomed: &mut Vec<Doomed>,
 ) -> Result<(), GcError> {
-    for (name, path) in entries(&directories.snapshots_directory)? {
+    let listed = entries(&directories.snapshots_directory)?;
+    fail::fail_point!("gc::file_phase::snapshots_listed");
+    for (name, path) in listed {
         if path == directories.extracting_directory {
             continue;
         }
@@ -192,15 +199,20 @@ fn list_snapshots(
             .and_then(|(algorithm, hex)| Digest::parse(&format!("{algorithm}:{hex}")).ok())
             .filter(|chain_id| {
                 format!("{}-{}", chain_id.algorithm().name(), chain_id.hex()) == name
-                    && path.is_dir()
             });
+        // A name a record holds is kept whatever the entry looks like now: the
+        // record decides, never the entry's type. Holding writers does not stop
+        // a pull's commit, whose `extracting` record already names the path:
+        // it replaces a stale directory there (one left when a record phase
+        // deleted the old record and this phase had not yet moved it away) by
+        // `remove_dir_all` then `rename`. Deciding by `is_dir()` first could
+        // see the listed entry missing between those two steps, call it
+        // unknown, and then move the freshly renamed directory into the trash: a committed record with no directory, so a pull sharing that
+        // layer failed with `ParentNotCommitted`.
         match chain_id {
-            None => doomed.push(Doomed::Unknown(path)),
-            Some(chain_id) => {
-                if !named.snapshot_chain_ids.contains(chain_id.as_str()) {
-                    doomed.push(Doomed::Snapshot(chain_id, path));
-                }
-            }
+            Some(chain_id) if named.snapshot_chain_ids.contains(chain_id.as_str()) => {}
+            Some(chain_id) if path.is_dir() => doomed.push(Doomed::Snapshot(chain_id, path)),
+            _ => doomed.push(Doomed::Unknown(path)),
         }
     }
     Ok(())

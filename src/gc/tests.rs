@@ -848,3 +848,61 @@ fn an_operators_pass_ends_the_grace_lease_and_an_automatic_one_does_not() {
             .is_some()
     );
 }
+
+/// The interleaving behind a rare `ParentNotCommitted` under load: a pull
+/// re-extracts a snapshot whose record an earlier record phase deleted before
+/// the file phase moved the old directory away. Its `extracting` record names
+/// the path, and its commit (which takes no write lock) replaces the stale
+/// directory: `remove_dir_all`, then `rename`. If the file phase lists the
+/// stale entry, then looks at it in between those two steps, it must still
+/// keep the path, and never move the committed directory into the trash.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_snapshot_replacing_its_stale_directory_during_the_file_phase_keeps_it() {
+    thread_local! {
+        /// Set on the thread whose gc pass the fail point callbacks act in, so
+        /// that passes of tests running at the same time go undisturbed.
+        static PLAYS_A_PULL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let fixture = Fixture::new();
+    let chain_id = digest(0xce, 1);
+    fixture.lease(
+        "pull",
+        now_ms() + HOUR_MS,
+        &[LeaseResource::Snapshot(chain_id.clone())],
+    );
+    // The extracting record, the stale directory, and the new one unpacked.
+    fixture.snapshot(&chain_id, None, SnapshotState::Extracting);
+    let destination = fixture.snapshot_directory(&chain_id);
+    let unpacked = fixture.root.join("snapshots/extracting/new");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    std::fs::write(unpacked.join("file"), b"layer").unwrap();
+
+    let stale = destination.clone();
+    fail::cfg_callback("gc::file_phase::snapshots_listed", move || {
+        if PLAYS_A_PULL.get() {
+            std::fs::remove_dir_all(&stale).unwrap();
+        }
+    })
+    .unwrap();
+    let (from, to) = (unpacked.clone(), destination.clone());
+    fail::cfg_callback("gc::file_phase::decided", move || {
+        if PLAYS_A_PULL.get() {
+            std::fs::rename(&from, &to).unwrap();
+        }
+    })
+    .unwrap();
+    PLAYS_A_PULL.set(true);
+    let report = fixture.collector.collect(PassTrigger::Schedule);
+    PLAYS_A_PULL.set(false);
+    fail::remove("gc::file_phase::snapshots_listed");
+    fail::remove("gc::file_phase::decided");
+    let report = report.unwrap();
+
+    assert!(
+        destination.join("file").is_file(),
+        "the committed directory went: {report:?}"
+    );
+    assert_eq!(report.unknown_files_removed, 0, "{report:?}");
+    assert_eq!(report.snapshots_removed, 0, "{report:?}");
+}
