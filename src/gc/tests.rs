@@ -539,14 +539,16 @@ fn a_lease_is_renewed_once_half_of_it_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_pull_keeps_its_lease_past_the_lease_duration() {
     let fixture = Fixture::new();
-    let duration_ms = 1_000;
+    // Long enough that a renewal (a durable commit) delayed by a loaded
+    // machine still lands before the half-life's margin is gone.
+    let duration_ms = 2_000;
     fixture.lease("pull", now_ms() + duration_ms, &[]);
     let started = now_ms();
     super::lease_renewal::renew_while(
         &fixture.metadata,
         "pull",
         duration_ms,
-        tokio::time::sleep(std::time::Duration::from_millis(3 * duration_ms)),
+        tokio::time::sleep(std::time::Duration::from_millis(2 * duration_ms)),
     )
     .await;
     let lease = fixture
@@ -556,7 +558,7 @@ async fn a_live_pull_keeps_its_lease_past_the_lease_duration() {
         .lease("pull")
         .unwrap()
         .unwrap();
-    assert!(now_ms() >= started + 3 * duration_ms);
+    assert!(now_ms() >= started + 2 * duration_ms);
     assert!(
         lease.expires_unix_ms > now_ms(),
         "the lease expired under a live pull: {lease:?}"
@@ -617,7 +619,8 @@ async fn the_worker_runs_a_pass_when_the_earliest_lease_expires() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = super::worker::spawn_worker(fixture.collector.clone(), stopped);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while fixture.has_blob(&held) != NEITHER {
+    // The files go during the pass; its report is kept when the pass ends.
+    while fixture.has_blob(&held) != NEITHER || fixture.collector.last_report().is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "the expiry woke no pass"
@@ -758,21 +761,24 @@ async fn pulls_in_flight_never_lose_a_file_to_a_concurrent_pass() {
     assert!(passes > 1, "gc ran concurrently ({passes} passes)");
     fixture.collect();
     fixture.assert_consistent();
-    // The odd rounds' leases still hold their content.
+    // Every pull released its lease: the last pass reclaimed all of it,
+    // records and files alike.
     let read = fixture.metadata.read().unwrap();
-    for (lease_id, resource) in read.all_lease_resources().unwrap() {
-        match resource {
-            LeaseResource::Blob(digest) => {
-                assert!(read.blob(&digest).unwrap().is_some(), "{lease_id} {digest}");
-                assert!(content.paths().blob(&digest).is_file());
-            }
-            LeaseResource::Snapshot(chain_id) => {
-                assert!(read.snapshot(&chain_id).unwrap().is_some());
-                assert!(snapshots.snapshot_directory(&chain_id).is_dir());
-            }
-            _ => {}
-        }
-    }
+    assert!(read.blobs().unwrap().is_empty());
+    assert!(read.snapshots().unwrap().is_empty());
+    assert!(read.all_lease_resources().unwrap().is_empty());
+    let left_on_disk: Vec<_> = std::fs::read_dir(fixture.root.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "extracting")
+        .collect();
+    assert!(left_on_disk.is_empty(), "{left_on_disk:?}");
+    assert_eq!(
+        std::fs::read_dir(content.paths().blobs_directory(&digest(0, 0)))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 fn descriptor_of(data: &[u8]) -> Descriptor {
