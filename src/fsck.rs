@@ -133,8 +133,11 @@ pub fn broken_ready_images(
         .map(|blob| (blob.digest, blob.size_bytes))
         .collect();
     let mut broken_blobs = BTreeMap::new();
+    let mut directories = BlobDirectories::default();
     for (digest, size_bytes) in &blobs {
-        if let Some(problem) = check_blob_file(layout, digest, *size_bytes, false)? {
+        if let Some(problem) =
+            check_blob_file(layout, &mut directories, digest, *size_bytes, false)?
+        {
             broken_blobs.insert(digest.clone(), problem.to_string());
         }
     }
@@ -210,6 +213,7 @@ pub fn fsck(
     // Blobs: file present, right size, right digest.
     let blobs = read.blobs()?;
     let mut broken_blobs: BTreeMap<Digest, String> = BTreeMap::new();
+    let mut directories = BlobDirectories::default();
     for blob in &blobs {
         report.blobs_checked += 1;
         if blob.state != BlobState::Present {
@@ -217,6 +221,7 @@ pub fn fsck(
         }
         if let Some(problem) = check_blob_file(
             layout,
+            &mut directories,
             &blob.digest,
             blob.size_bytes,
             options.verify_content,
@@ -397,14 +402,15 @@ fn repair(
 
 fn check_blob_file(
     layout: &StoreLayout,
+    directories: &mut BlobDirectories,
     digest: &Digest,
     expected_bytes: u64,
     verify_content: bool,
 ) -> Result<Option<FsckProblem>, FsckError> {
     let path = layout.blobs.blob(digest);
-    let metadata = match std::fs::metadata(&path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+    let actual_bytes = match directories.size_of(layout, digest) {
+        Ok(Some(size)) => size,
+        Ok(None) => {
             return Ok(Some(FsckProblem::BlobFileMissing {
                 digest: digest.clone(),
                 path,
@@ -412,11 +418,11 @@ fn check_blob_file(
         }
         Err(source) => return Err(FsckError::Io { path, source }),
     };
-    if metadata.len() != expected_bytes {
+    if actual_bytes != expected_bytes {
         return Ok(Some(FsckProblem::BlobFileWrongSize {
             digest: digest.clone(),
             expected_bytes,
-            actual_bytes: metadata.len(),
+            actual_bytes,
         }));
     }
     if verify_content {
@@ -429,6 +435,47 @@ fn check_blob_file(
         }
     }
     Ok(None)
+}
+
+/// The blob directories, opened once: a `stat` relative to an open directory
+/// skips resolving `content/blobs/<algorithm>/` again for each of a store's
+/// (possibly 100,000) blobs, which is most of what startup reconciliation's
+/// on-disk check costs.
+#[derive(Default)]
+struct BlobDirectories {
+    opened: std::collections::HashMap<&'static str, Option<std::os::fd::OwnedFd>>,
+}
+
+impl BlobDirectories {
+    /// The size of `digest`'s blob file, `None` when there is none.
+    fn size_of(&mut self, layout: &StoreLayout, digest: &Digest) -> std::io::Result<Option<u64>> {
+        let algorithm = digest.algorithm().name();
+        let directory = match self.opened.entry(algorithm) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let opened = match rustix::fs::open(
+                    layout.blobs.blobs_directory(digest),
+                    rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    Ok(fd) => Some(fd),
+                    Err(rustix::io::Errno::NOENT) => None,
+                    Err(errno) => return Err(errno.into()),
+                };
+                entry.insert(opened)
+            }
+        };
+        let Some(directory) = directory else {
+            return Ok(None);
+        };
+        match rustix::fs::statat(&*directory, digest.hex(), rustix::fs::AtFlags::empty()) {
+            Ok(stat) => Ok(Some(stat.st_size as u64)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(errno) => Err(errno.into()),
+        }
+    }
 }
 
 fn hash_file(path: &Path, digest: &Digest) -> Result<Digest, FsckError> {

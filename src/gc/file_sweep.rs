@@ -148,7 +148,13 @@ fn list_blobs(
             continue;
         };
         for (hex, file) in entries(&path)? {
-            let digest = Digest::parse(&format!("{}:{hex}", algorithm.name()))
+            let name = format!("{}:{hex}", algorithm.name());
+            // Nearly every file is a recorded blob: a name a record holds is
+            // a valid digest already, so only the others are parsed.
+            if named.blob_digests.contains(name.as_str()) {
+                continue;
+            }
+            let digest = Digest::parse(&name)
                 .ok()
                 .filter(|digest| paths.blob(digest) == file);
             match digest {
