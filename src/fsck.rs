@@ -126,50 +126,72 @@ pub fn broken_ready_images(
     layout: &StoreLayout,
 ) -> Result<Vec<(Digest, String)>, FsckError> {
     let read = metadata.read()?;
-    let blobs: BTreeMap<Digest, u64> = read
-        .blobs()?
-        .into_iter()
-        .filter(|blob| blob.state == BlobState::Present)
-        .map(|blob| (blob.digest, blob.size_bytes))
-        .collect();
-    let mut broken_blobs = BTreeMap::new();
+    let damage = file_damage(layout, &read.blobs()?, &read.snapshots()?, false)?;
+    Ok(ready_images_broken_by(&read, &damage)?.0)
+}
+
+/// The recorded blobs and committed snapshots whose files are damaged.
+struct FileDamage {
+    blobs: BTreeMap<Digest, FsckProblem>,
+    snapshots: BTreeMap<Digest, FsckProblem>,
+}
+
+fn file_damage(
+    layout: &StoreLayout,
+    blobs: &[crate::metadata::Blob],
+    snapshots: &[crate::metadata::Snapshot],
+    verify_content: bool,
+) -> Result<FileDamage, FsckError> {
+    let mut damage = FileDamage {
+        blobs: BTreeMap::new(),
+        snapshots: BTreeMap::new(),
+    };
     let mut directories = BlobDirectories::default();
-    for (digest, size_bytes) in &blobs {
-        if let Some(problem) =
-            check_blob_file(layout, &mut directories, digest, *size_bytes, false)?
-        {
-            broken_blobs.insert(digest.clone(), problem.to_string());
+    for blob in blobs.iter().filter(|blob| blob.state == BlobState::Present) {
+        if let Some(problem) = check_blob_file(
+            layout,
+            &mut directories,
+            &blob.digest,
+            blob.size_bytes,
+            verify_content,
+        )? {
+            damage.blobs.insert(blob.digest.clone(), problem);
         }
     }
-    let mut broken_snapshots = BTreeMap::new();
-    for snapshot in read.snapshots()? {
+    for snapshot in snapshots {
         let path = layout.snapshot_directory(&snapshot.chain_id);
         if snapshot.state == SnapshotState::Committed && !path.is_dir() {
-            broken_snapshots.insert(
-                snapshot.chain_id.clone(),
-                FsckProblem::SnapshotDirectoryMissing {
-                    chain_id: snapshot.chain_id,
-                    path,
-                }
-                .to_string(),
-            );
+            let problem = FsckProblem::SnapshotDirectoryMissing {
+                chain_id: snapshot.chain_id.clone(),
+                path,
+            };
+            damage.snapshots.insert(snapshot.chain_id.clone(), problem);
         }
     }
+    Ok(damage)
+}
+
+/// The ready images `damage` breaks, each with its first cause, and how many
+/// ready images were looked at.
+fn ready_images_broken_by(
+    read: &crate::metadata::ReadSnapshot,
+    damage: &FileDamage,
+) -> Result<(Vec<(Digest, String)>, u64), MetadataError> {
     let mut broken = Vec::new();
-    for image in read.list_images_in_state(ImageState::Ready)? {
-        if let Some(cause) = image_breakage(&read, &image, &broken_blobs, &broken_snapshots)? {
+    let ready = read.list_images_in_state(ImageState::Ready)?;
+    for image in &ready {
+        if let Some(cause) = image_breakage(read, image, damage)? {
             broken.push((image.id().clone(), cause));
         }
     }
-    Ok(broken)
+    Ok((broken, ready.len() as u64))
 }
 
 /// The first reason `image` cannot be served, if any.
 fn image_breakage(
     read: &crate::metadata::ReadSnapshot,
     image: &crate::metadata::Image,
-    broken_blobs: &BTreeMap<Digest, String>,
-    broken_snapshots: &BTreeMap<Digest, String>,
+    damage: &FileDamage,
 ) -> Result<Option<String>, MetadataError> {
     let mut needed: Vec<Digest> = vec![
         image.target.digest.clone(),
@@ -180,14 +202,14 @@ fn image_breakage(
         needed.extend(manifest.children);
     }
     for digest in &needed {
-        if let Some(cause) = broken_blobs.get(digest) {
-            return Ok(Some(cause.clone()));
+        if let Some(problem) = damage.blobs.get(digest) {
+            return Ok(Some(problem.to_string()));
         }
     }
     let mut next = image.top_chain_id.clone();
     while let Some(chain_id) = next {
-        if let Some(cause) = broken_snapshots.get(&chain_id) {
-            return Ok(Some(cause.clone()));
+        if let Some(problem) = damage.snapshots.get(&chain_id) {
+            return Ok(Some(problem.to_string()));
         }
         next = read
             .snapshot(&chain_id)?
@@ -210,54 +232,25 @@ pub fn fsck(
         .problems
         .extend(record_problems.iter().cloned().map(FsckProblem::Record));
 
-    // Blobs: file present, right size, right digest.
+    // Blobs: file present, right size, right digest; committed snapshots:
+    // their directory present; ready images: whole on disk (their records
+    // are check_consistency's).
     let blobs = read.blobs()?;
-    let mut broken_blobs: BTreeMap<Digest, String> = BTreeMap::new();
-    let mut directories = BlobDirectories::default();
-    for blob in &blobs {
-        report.blobs_checked += 1;
-        if blob.state != BlobState::Present {
-            continue;
-        }
-        if let Some(problem) = check_blob_file(
-            layout,
-            &mut directories,
-            &blob.digest,
-            blob.size_bytes,
-            options.verify_content,
-        )? {
-            broken_blobs.insert(blob.digest.clone(), problem.to_string());
-            report.problems.push(problem);
-        }
-    }
-
-    // Snapshots: committed ones have their directory.
     let snapshots = read.snapshots()?;
-    let mut broken_snapshots: BTreeMap<Digest, String> = BTreeMap::new();
-    for snapshot in &snapshots {
-        report.snapshots_checked += 1;
-        let path = layout.snapshot_directory(&snapshot.chain_id);
-        if snapshot.state == SnapshotState::Committed && !path.is_dir() {
-            let problem = FsckProblem::SnapshotDirectoryMissing {
-                chain_id: snapshot.chain_id.clone(),
-                path,
-            };
-            broken_snapshots.insert(snapshot.chain_id.clone(), problem.to_string());
-            report.problems.push(problem);
-        }
-    }
-
-    // Ready images: whole on disk (their records are check_consistency's).
-    let mut broken_images = Vec::new();
-    for image in read.list_images_in_state(ImageState::Ready)? {
-        report.images_checked += 1;
-        if let Some(cause) = image_breakage(&read, &image, &broken_blobs, &broken_snapshots)? {
-            report.problems.push(FsckProblem::BrokenReadyImage {
-                image_id: image.id().clone(),
-                cause,
-            });
-            broken_images.push(image.id().clone());
-        }
+    let damage = file_damage(layout, &blobs, &snapshots, options.verify_content)?;
+    report.blobs_checked = blobs.len() as u64;
+    report.snapshots_checked = snapshots.len() as u64;
+    report.problems.extend(damage.blobs.values().cloned());
+    report.problems.extend(damage.snapshots.values().cloned());
+    let (broken, images_checked) = ready_images_broken_by(&read, &damage)?;
+    report.images_checked = images_checked;
+    let mut broken_images = Vec::with_capacity(broken.len());
+    for (image_id, cause) in broken {
+        report.problems.push(FsckProblem::BrokenReadyImage {
+            image_id: image_id.clone(),
+            cause,
+        });
+        broken_images.push(image_id);
     }
     for problem in &record_problems {
         if let ConsistencyProblem::ReadyImageMissingBlob { image_id, .. }
@@ -329,8 +322,7 @@ pub fn fsck(
             metadata,
             layout,
             &record_problems,
-            &broken_blobs,
-            &broken_snapshots,
+            &damage,
             &broken_images,
             &mut report,
         )?;
@@ -346,8 +338,7 @@ fn repair(
     metadata: &MetadataStore,
     layout: &StoreLayout,
     record_problems: &[ConsistencyProblem],
-    broken_blobs: &BTreeMap<Digest, String>,
-    broken_snapshots: &BTreeMap<Digest, String>,
+    damage: &FileDamage,
     broken_images: &[Digest],
     report: &mut FsckReport,
 ) -> Result<(), FsckError> {
@@ -376,11 +367,11 @@ fn repair(
                 ));
             }
         }
-        for digest in broken_blobs.keys() {
+        for digest in damage.blobs.keys() {
             txn.remove_blob(digest)?;
             repairs.push(format!("removed the record of damaged blob {digest}"));
         }
-        for chain_id in broken_snapshots.keys() {
+        for chain_id in damage.snapshots.keys() {
             txn.remove_snapshot(chain_id)?;
             repairs.push(format!("removed the record of missing snapshot {chain_id}"));
         }
@@ -393,7 +384,7 @@ fn repair(
         .repairs
         .push("rebuilt the name and state indexes".to_owned());
     // The records are gone and committed: now the damaged files may go.
-    for digest in broken_blobs.keys() {
+    for digest in damage.blobs.keys() {
         let path = layout.blobs.blob(digest);
         remove_path(&path)?;
     }

@@ -176,11 +176,6 @@ impl BlobTap {
         self.state
             .update(|progress| progress.end = Some(Err(reason.to_owned())));
     }
-
-    /// Bytes written so far, for progress reports.
-    pub fn written_bytes(&self) -> u64 {
-        self.state.lock().written_bytes
-    }
 }
 
 impl Drop for BlobTap {

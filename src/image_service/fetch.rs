@@ -96,12 +96,6 @@ impl FetchedImage {
     pub fn downloaded_bytes(&self) -> u64 {
         self.layers.iter().map(|layer| layer.downloaded_bytes).sum()
     }
-
-    /// Layer bytes not downloaded because they were stored already: whole
-    /// blobs, and the part of a partial download that was resumed.
-    pub fn skipped_bytes(&self) -> u64 {
-        skipped_bytes(&self.layers)
-    }
 }
 
 /// Layer bytes of `layers` not downloaded because they were stored already:
@@ -196,39 +190,8 @@ pub async fn fetch_image(
         progress: &progress,
         download_slots: &download_slots,
     };
-    fetch_image_with_progress(
-        session, store, reference, platform, lease_id, limits, shared,
-    )
-    .await
-}
-
-/// What a fetch shares with the rest of the node.
-#[derive(Clone, Copy)]
-pub struct FetchShared<'a> {
-    /// Where the pull's progress is reported.
-    pub progress: &'a PullProgress,
-    /// Node-wide: each layer download holds one while it runs.
-    pub download_slots: &'a tokio::sync::Semaphore,
-}
-
-/// [`fetch_image`], reporting progress and taking download slots from `shared`.
-pub async fn fetch_image_with_progress(
-    session: &RepositorySession,
-    store: &ContentStore,
-    reference: &ImageReference,
-    platform: &Platform,
-    lease_id: &str,
-    limits: &FetchLimits,
-    shared: FetchShared<'_>,
-) -> Result<FetchedImage, FetchError> {
     let resolved = resolve_image(
-        session,
-        store,
-        reference,
-        platform,
-        lease_id,
-        limits,
-        shared.progress,
+        session, store, reference, platform, lease_id, limits, &progress,
     )
     .await?;
     let layers = fetch_layers(
@@ -248,6 +211,15 @@ pub async fn fetch_image_with_progress(
         config: resolved.config,
         layers,
     })
+}
+
+/// What a fetch shares with the rest of the node.
+#[derive(Clone, Copy)]
+pub struct FetchShared<'a> {
+    /// Where the pull's progress is reported.
+    pub progress: &'a PullProgress,
+    /// Node-wide: each layer download holds one while it runs.
+    pub download_slots: &'a tokio::sync::Semaphore,
 }
 
 /// What a reference resolved to, with its manifests and config stored and

@@ -314,7 +314,8 @@ impl ImageService {
                 return Err(error.into());
             }
         };
-        let image = self.record_pulling(&fetched, reference, lease_id)?;
+        let chain = chain_ids(&fetched.config.diff_ids);
+        let image = self.record_pulling(&fetched, &chain, reference, lease_id)?;
         // Each layer unpacks while it downloads, reading the bytes the ingest
         // writes through a tap; the snapshot commits only after the whole
         // blob was verified (the tap's end of file) and the diff id matched.
@@ -334,7 +335,7 @@ impl ImageService {
             shared,
             taps,
         );
-        let unpacking = self.unpack_all(&fetched, readers, lease_id, progress);
+        let unpacking = self.unpack_all(&fetched, &chain, readers, lease_id, progress);
         let (downloaded, unpacked) = tokio::join!(downloading, unpacking);
         // Counted whether or not the fetch succeeded: a failed pull's bytes
         // crossed the network too.
@@ -397,6 +398,7 @@ impl ImageService {
     fn record_pulling(
         &self,
         fetched: &ResolvedImage,
+        chain: &[Digest],
         reference: &ImageReference,
         lease_id: &str,
     ) -> Result<Image, ServiceError> {
@@ -408,7 +410,6 @@ impl ImageService {
                 .iter()
                 .map(|layer| layer.size_bytes)
                 .sum::<u64>();
-        let chain = chain_ids(&fetched.config.diff_ids);
         let pulling = Image {
             target: fetched.target.clone(),
             manifest: fetched.manifest.clone(),
@@ -441,12 +442,12 @@ impl ImageService {
     async fn unpack_all(
         &self,
         fetched: &ResolvedImage,
+        chain: &[Digest],
         readers: Vec<TapReader>,
         lease_id: &str,
         progress: &Arc<PullProgress>,
     ) -> Result<Option<Digest>, ServiceError> {
         use futures_util::StreamExt;
-        let chain = chain_ids(&fetched.config.diff_ids);
         let layers: Vec<LayerSnapshot> = chain
             .iter()
             .enumerate()
@@ -582,8 +583,6 @@ impl Drop for PullRecording {
 pub enum LayerError {
     #[error(transparent)]
     Unpack(#[from] UnpackError),
-    #[error("cannot read the layer blob: {0}")]
-    Blob(#[from] crate::content_store::ContentError),
     #[error("layer media type {0:?} cannot be unpacked")]
     MediaType(String),
     #[error("cannot read the layer blob as it downloads: {0}")]

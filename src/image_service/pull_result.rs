@@ -36,7 +36,6 @@ impl ServiceError {
                     PullResult::DigestMismatch
                 }
                 LayerError::Unpack(error) if unpack_disk_full(error) => PullResult::DiskFull,
-                LayerError::Blob(error) => content_result(error),
                 // The layer's download failed under it: that error is the
                 // pull's (reported first), this one only follows from it.
                 LayerError::Unpack(_) | LayerError::MediaType(_) | LayerError::BlobStream(_) => {

@@ -280,17 +280,8 @@ impl SnapshotStore {
         lock
     }
 
-    /// The overlay mount options for a snapshot chain, top layer first, as a
-    /// runtime would pass them to `mount -t overlay` (read-only view).
-    pub fn overlay_lower_dirs(&self, top: &Digest) -> Result<Vec<PathBuf>, SnapshotError> {
-        Ok(self
-            .committed_chain(top)?
-            .iter()
-            .map(|chain_id| self.snapshot_directory(chain_id))
-            .collect())
-    }
-
-    /// The chain ids from `top` down to the base layer, all committed.
+    /// The chain ids from `top` down to the base layer, all committed: the
+    /// overlay lower dirs of a read-only mount, top first.
     pub fn committed_chain(&self, top: &Digest) -> Result<Vec<Digest>, SnapshotError> {
         let read = self.metadata.read()?;
         let mut chain = Vec::new();
