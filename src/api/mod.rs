@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod client;
+mod connection_io;
 mod convert;
 mod image_service;
 pub mod proto;
@@ -18,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::image_service::ImageService;
@@ -76,12 +78,14 @@ pub async fn serve(
         admin::AdminApi::new(service.clone()),
     );
     let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
+    let incoming = UnixListenerStream::new(listener)
+        .map(|accepted| accepted.map(connection_io::CoalescingUnixStream::new));
     tonic::transport::Server::builder()
         .layer(observe)
         .add_service(images)
         .add_service(admin)
         .add_service(runtime_service::RuntimeServiceRouter::new())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|error| ApiError::Serve(error.to_string()))
 }
