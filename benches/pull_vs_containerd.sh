@@ -19,8 +19,8 @@
 #   2. After each pull of `large` (of each --reclaim-images workload):
 #      RemoveImage, then the time from the call
 #      until the bytes under the daemon's root (apparent size, polled every
-#      20 ms) have dropped by at least 90% of what the pull added, or
-#      "not reclaimed" after --reclaim-timeout seconds.
+#      5 ms by the client that made the call) have dropped by at least 90% of
+#      what the pull added, or "not reclaimed" after --reclaim-timeout seconds.
 #   3. With both daemons running, each with the --fleet tiny images pulled:
 #      ImageStatus latency (p50/p90/p99 over --status-count calls) and
 #      ListImages latency (--list-count calls), and each daemon's VmRSS once
@@ -419,62 +419,11 @@ proc_cpu_s() {
         | awk -v ticks="$clock_ticks" '{ printf "%.3f\n", ($12 + $13 + $14 + $15) / ticks }'
 }
 
-# The bytes under a daemon's root, and the reclaim poller, in one place so
-# that the bytes before and after a RemoveImage are counted the same way.
-tree_bytes_py=$work_dir/tree_bytes.py
-cat >"$tree_bytes_py" <<'EOF'
-"""tree_bytes.py ROOT: apparent bytes under ROOT (like du -sb: every entry's
-size, hard-linked inodes once, entries vanishing under a running gc skipped).
-With --started/--full/--empty/--timeout: polls every 20 ms until the bytes
-have dropped from FULL by 90% of FULL - EMPTY, then prints "SECONDS DROPPED
-ADDED" (seconds since the epoch time STARTED), or "timeout DROPPED ADDED"."""
-import argparse, os, time
-
-def tree_bytes(path, seen):
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            stat = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
-            if (stat.st_dev, stat.st_ino) in seen:
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
-        total += stat.st_size
-        if entry.is_dir(follow_symlinks=False):
-            total += tree_bytes(entry.path, seen)
-    return total
-
-parser = argparse.ArgumentParser()
-parser.add_argument("root")
-parser.add_argument("--started", type=float)
-parser.add_argument("--full", type=int)
-parser.add_argument("--empty", type=int)
-parser.add_argument("--timeout", type=float)
-arguments = parser.parse_args()
-if arguments.started is None:
-    print(tree_bytes(arguments.root, set()))
-else:
-    added = arguments.full - arguments.empty
-    while True:
-        dropped = arguments.full - tree_bytes(arguments.root, set())
-        elapsed = time.time() - arguments.started
-        if dropped >= 0.9 * added:
-            print(f"{elapsed:.3f} {dropped} {added}")
-            break
-        if elapsed >= arguments.timeout:
-            print(f"timeout {dropped} {added}")
-            break
-        time.sleep(0.02)
-EOF
-
+# The bytes under a daemon's root, counted by the bench client (like du -sb,
+# hard-linked files once) both here and in its reclaim poller, so that the
+# bytes before and after a RemoveImage are counted the same way.
 tree_bytes() { # DIR
-    python3 "$tree_bytes_py" "$1"
+    "$bench_client" --socket /dev/null tree-bytes "$1" | json_field bytes
 }
 
 start_daemon() {
@@ -574,16 +523,18 @@ log "daemon roots on $(df --output=source,fstype "$store_base" | tail -n 1 | tr 
 measure_reclaim() {
     local tool=$1 name=$2 round=$3 bytes_empty=$4
     local reference=$registry_host/bench/$2:v1 root=${daemon_root[$1]}
-    local bytes_full outcome remove_s reclaim dropped added
-    bytes_full=$(tree_bytes "$root")
-    local started
-    started=$(date +%s.%N)
-    remove_s=$(client "$tool" remove "$reference" | json_field wall_s)
-    outcome=$(python3 "$tree_bytes_py" "$root" --started "$started" --full "$bytes_full" \
-        --empty "$bytes_empty" --timeout "$reclaim_timeout_s")
-    read -r reclaim dropped added <<<"$outcome"
+    local figures remove_s reclaim dropped added
+    # The client measures the root just before its call and then polls it
+    # every 5 ms, so neither a process start nor an interpreter start lies
+    # between the call and the first look.
+    figures=$(client "$tool" remove "$reference" --reclaim-root "$root" \
+        --empty-bytes "$bytes_empty" --timeout-s "$reclaim_timeout_s")
+    remove_s=$(json_field wall_s <<<"$figures")
+    reclaim=$(json_field reclaim_s <<<"$figures")
+    dropped=$(json_field dropped_bytes <<<"$figures")
+    added=$(json_field added_bytes <<<"$figures")
     record "remove-$name" "$tool" "$round" call_s "$remove_s"
-    if [[ $reclaim == timeout ]]; then
+    if [[ $reclaim == None || $reclaim == null ]]; then
         record "remove-$name" "$tool" "$round" reclaim_s timeout
         log "$reference round $round: $tool RemoveImage ${remove_s}s; space NOT reclaimed within ${reclaim_timeout_s}s (dropped $dropped of $added bytes)"
     else

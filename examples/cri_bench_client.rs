@@ -14,7 +14,11 @@
 //! cri_bench_client --socket S status-latency REF --count N
 //!                                                        p50/p90/p99 of ImageStatus
 //! cri_bench_client --socket S list-latency --count N     p50/p90/p99 of ListImages, image count
-//! cri_bench_client --socket S remove REF                 wall time of one RemoveImage
+//! cri_bench_client --socket S remove REF [--reclaim-root DIR --empty-bytes N]
+//!                                                        wall time of one RemoveImage, and
+//!                                                        the time until DIR shrank by 90% of
+//!                                                        what it holds above N
+//! cri_bench_client --socket S tree-bytes DIR             apparent bytes under DIR
 //! cri_bench_client --socket S wait-ready [--timeout-s T] until ListImages answers
 //! ```
 //!
@@ -71,7 +75,28 @@ enum Command {
         warmup: usize,
     },
     /// Removes one image and prints the wall time of the RemoveImage call.
-    Remove { reference: String },
+    /// With `--reclaim-root`: also the time from the call until the bytes
+    /// under that directory (see `tree-bytes`), measured just before the
+    /// call, have dropped by `--fraction` of their excess over
+    /// `--empty-bytes` (what the root held before the image was pulled),
+    /// polled every `--poll-ms`.
+    Remove {
+        reference: String,
+        #[arg(long, requires = "empty_bytes")]
+        reclaim_root: Option<PathBuf>,
+        #[arg(long)]
+        empty_bytes: Option<u64>,
+        #[arg(long, default_value_t = 0.9)]
+        fraction: f64,
+        #[arg(long, default_value_t = 5)]
+        poll_ms: u64,
+        #[arg(long = "timeout-s", default_value_t = 30.0)]
+        timeout_seconds: f64,
+    },
+    /// Prints the apparent bytes under DIR, like `du -sb`: every entry's
+    /// size (directories and symlinks too), hard-linked files once, entries
+    /// vanishing during the walk skipped. (The socket is not used.)
+    TreeBytes { directory: PathBuf },
     /// Waits until the socket answers ListImages (the daemon is serving CRI).
     WaitReady {
         #[arg(long = "timeout-s", default_value_t = 30.0)]
@@ -157,19 +182,52 @@ async fn run(arguments: Arguments) -> Result<serde_json::Value, BoxError> {
                 "latency": percentiles(&mut latencies),
             }))
         }
-        Command::Remove { reference } => {
+        Command::Remove {
+            reference,
+            reclaim_root,
+            empty_bytes,
+            fraction,
+            poll_ms,
+            timeout_seconds,
+        } => {
             let mut client = image_client(&socket).await?;
+            let full_bytes = reclaim_root.as_deref().map(tree_bytes);
             let started = Instant::now();
             client
                 .remove_image(RemoveImageRequest {
                     image: Some(image_spec(&reference)),
                 })
                 .await?;
-            Ok(serde_json::json!({
+            let call_seconds = started.elapsed().as_secs_f64();
+            let mut figures = serde_json::json!({
                 "reference": reference,
-                "wall_s": round_micros(started.elapsed().as_secs_f64()),
-            }))
+                "wall_s": round_micros(call_seconds),
+            });
+            if let (Some(root), Some(full), Some(empty)) = (reclaim_root, full_bytes, empty_bytes) {
+                let added = full.saturating_sub(empty);
+                let timeout = Duration::from_secs_f64(timeout_seconds);
+                let (reclaimed_after, dropped) = loop {
+                    let dropped = full.saturating_sub(tree_bytes(&root));
+                    let elapsed = started.elapsed();
+                    if dropped as f64 >= fraction * added as f64 {
+                        break (Some(elapsed), dropped);
+                    }
+                    if elapsed >= timeout {
+                        break (None, dropped);
+                    }
+                    tokio::time::sleep(Duration::from_millis(poll_ms)).await;
+                };
+                figures["reclaim_s"] = reclaimed_after.map_or(serde_json::Value::Null, |elapsed| {
+                    round_micros(elapsed.as_secs_f64()).into()
+                });
+                figures["dropped_bytes"] = dropped.into();
+                figures["added_bytes"] = added.into();
+            }
+            Ok(figures)
         }
+        Command::TreeBytes { directory } => Ok(serde_json::json!({
+            "bytes": tree_bytes(&directory),
+        })),
         Command::WaitReady { timeout_seconds } => {
             wait_ready(&socket, Duration::from_secs_f64(timeout_seconds)).await
         }
@@ -260,6 +318,31 @@ async fn wait_ready(
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// Apparent bytes under `root` (see the `tree-bytes` command).
+fn tree_bytes(root: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut to_visit = vec![root.to_path_buf()];
+    while let Some(directory) = to_visit.pop() {
+        let Ok(listing) = std::fs::read_dir(&directory) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                to_visit.push(entry.path());
+            } else if metadata.nlink() > 1 && !seen.insert((metadata.dev(), metadata.ino())) {
+                continue;
+            }
+            total += metadata.len();
+        }
+    }
+    total
 }
 
 fn image_spec(reference: &str) -> ImageSpec {

@@ -381,6 +381,43 @@ fn a_gc_pending_image_loses_its_exclusive_content_and_keeps_what_it_shares() {
 }
 
 #[test]
+fn many_doomed_entries_are_all_deleted_and_counted_and_a_crashed_passs_trash_goes_too() {
+    let fixture = Fixture::new();
+    // What a pass killed after moving entries into the trash leaves there.
+    let trash = fixture.root.join("gc-trash");
+    std::fs::create_dir_all(trash.join("0badc0de/usr/bin")).unwrap();
+    std::fs::write(trash.join("0badc0de/usr/bin/tool"), [1u8; 100]).unwrap();
+    std::fs::write(trash.join("5ca1ab1e"), [2u8; 50]).unwrap();
+    // More doomed blobs and snapshots than deleting threads, of mixed sizes.
+    let mut expected_bytes = 0;
+    for number in 0..40 {
+        let size = 1 + u64::from(number) * 37;
+        fixture.plant_blob_file(&digest(0xb0, number), size);
+        expected_bytes += size;
+        fixture.plant_snapshot_directory(&digest(0xc0, number));
+        expected_bytes += 10;
+    }
+
+    let report = fixture.collect();
+
+    assert_eq!(report.blobs_removed, 40);
+    assert_eq!(report.snapshots_removed, 40);
+    assert_eq!(
+        report.bytes_freed, expected_bytes,
+        "the trash left by a crash is not counted: it was never this pass's"
+    );
+    for number in 0..40 {
+        assert_eq!(fixture.has_blob(&digest(0xb0, number)), NEITHER);
+        assert_eq!(fixture.has_snapshot(&digest(0xc0, number)), NEITHER);
+    }
+    assert!(
+        std::fs::read_dir(&trash).unwrap().next().is_none(),
+        "the trash is empty after the pass"
+    );
+    fixture.assert_consistent();
+}
+
+#[test]
 fn live_leases_keep_what_they_hold_and_expired_ones_go_with_it() {
     let fixture = Fixture::new();
     let now = now_ms();
