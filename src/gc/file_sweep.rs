@@ -321,7 +321,7 @@ fn move_to_trash(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(GcError::io(path)(error)),
     };
-    let file_bytes = (!metadata.is_dir()).then(|| metadata.len());
+    let file_bytes = (!metadata.is_dir()).then_some(metadata.len());
     std::fs::create_dir_all(trash_directory).map_err(GcError::io(trash_directory))?;
     let destination = trash_directory.join(uuid::Uuid::new_v4().simple().to_string());
     match std::fs::rename(path, &destination) {
