@@ -22,6 +22,7 @@ pub mod fail_point;
 pub mod fsck;
 pub mod gc;
 pub mod image_service;
+pub mod memory;
 pub mod metadata;
 pub mod metrics;
 pub mod oci;

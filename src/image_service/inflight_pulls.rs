@@ -88,7 +88,12 @@ struct RemoveOnDrop<E: Send + Sync + 'static> {
 
 impl<E: Send + Sync + 'static> Drop for RemoveOnDrop<E> {
     fn drop(&mut self) {
-        self.pulls.lock().remove(&self.key);
+        let mut pulls = self.pulls.lock();
+        pulls.remove(&self.key);
+        if pulls.is_empty() {
+            // The last pull ended: what the pulls allocated is free now.
+            crate::memory::release_free_heap_soon();
+        }
     }
 }
 
