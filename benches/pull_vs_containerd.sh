@@ -24,7 +24,9 @@
 #   3. With both daemons running, each with the --fleet tiny images pulled:
 #      ImageStatus latency (p50/p90/p99 over --status-count calls) and
 #      ListImages latency (--list-count calls), and each daemon's VmRSS once
-#      idle after those pulls.
+#      idle after those pulls. ImageStatus and Version p50 are also measured
+#      through grpc-go (benches/grpc_go_client, the kubelet's gRPC stack,
+#      built from Debian's golang-go and golang-google-grpc-dev).
 #   4. ListImages with --many-images distinct images (pushed straight through
 #      the registry API by benches/push_synthetic_images.py, then pulled by 8
 #      clients at once): ours always, containerd with --containerd-many-images.
@@ -116,6 +118,9 @@ missing=()
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v python3 >/dev/null || missing+=(python3)
 command -v containerd >/dev/null || missing+=(containerd)
+# The grpc-go client (benches/grpc_go_client), built offline from Debian's packages.
+command -v go >/dev/null || missing+=(golang-go)
+[[ -d /usr/share/gocode/src/google.golang.org/grpc ]] || missing+=(golang-google-grpc-dev)
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -331,7 +336,13 @@ target_dir=$(cd "$repo_root" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 cri_imaged=$target_dir/release/cri-imaged
 bench_client=$target_dir/release/examples/cri_bench_client
-for binary in "$cri_imaged" "$bench_client"; do
+log "building benches/grpc_go_client (Debian's golang-go and grpc-go, GOPATH mode)"
+go_client=$work_dir/grpc_go_client
+mkdir -p "$work_dir/gopath/src"
+ln -s "$repo_root/benches/grpc_go_client" "$work_dir/gopath/src/grpc_go_client"
+(cd "$work_dir" && GO111MODULE=off GOPATH=$work_dir/gopath:/usr/share/gocode GOCACHE=$work_dir/gocache \
+    go build -o "$go_client" grpc_go_client)
+for binary in "$cri_imaged" "$bench_client" "$go_client"; do
     [[ -x $binary ]] || { echo "no binary at $binary" >&2; exit 1; }
 done
 
@@ -611,6 +622,16 @@ if ((fleet > 0)); then
                 record status "$tool" "$round" "${quantile}_us" "$(json_field "latency.${quantile}_us" <<<"$figures")"
             done
             status_p50=$(json_field latency.p50_us <<<"$figures")
+            # The same call through grpc-go (the kubelet's stack), and the
+            # cheapest call there is (Version: no store, no lookup), which
+            # shows what the socket, h2 and the two processes' wakeups cost
+            # on this machine whatever the daemon does.
+            figures=$(timeout 300 "$go_client" -socket "${daemon_socket[$tool]}" -method status \
+                -image "$status_reference" -count "$status_count")
+            record status-go "$tool" "$round" p50_us "$(json_field latency.p50_us <<<"$figures")"
+            figures=$(timeout 300 "$go_client" -socket "${daemon_socket[$tool]}" -method version \
+                -count "$status_count")
+            record version-go "$tool" "$round" p50_us "$(json_field latency.p50_us <<<"$figures")"
             figures=$(client "$tool" list-latency --count "$list_count")
             record list "$tool" "$round" p50_us "$(json_field latency.p50_us <<<"$figures")"
             record list "$tool" "$round" images "$(json_field images <<<"$figures")"
@@ -694,6 +715,8 @@ specs += [
     ("ImageStatus p50 (us)", "status", "p50_us", 1, "{:.0f}", "ours <= 100 us (containerd ~240)",
      lambda o, c: o <= 100),
     ("ImageStatus p90 (us)", "status", "p90_us", 1, "{:.0f}", "", None),
+    ("ImageStatus p50, grpc-go client (us)", "status-go", "p50_us", 1, "{:.0f}", "", None),
+    ("Version p50, grpc-go client (us)", "version-go", "p50_us", 1, "{:.0f}", "", None),
     ("ImageStatus p99 (us)", "status", "p99_us", 1, "{:.0f}", "", None),
     ("ListImages p50, fleet (us)", "list", "p50_us", 1, "{:.0f}", "", None),
     ("  images listed", "list", "images", 1, "{:.0f}", "", None),
