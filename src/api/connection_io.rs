@@ -71,3 +71,37 @@ impl Connected for CoalescingUnixStream {
         self.stream.connect_info()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_pass_through_both_ways_in_order_and_h2_is_told_not_vectored() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut connection = CoalescingUnixStream::new(ours);
+        assert!(!connection.is_write_vectored());
+        // More than a unix socket buffers, so the writer must wait for the
+        // reader part of the way.
+        let sent: Vec<u8> = (0..4 * 1024 * 1024u32).map(|index| index as u8).collect();
+        let expected = sent.clone();
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            peer.read_to_end(&mut received).await.unwrap();
+            peer.write_all(b"answer").await.unwrap();
+            received
+        });
+        connection.write_all(&sent).await.unwrap();
+        connection.flush().await.unwrap();
+        connection.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        connection.read_to_end(&mut answer).await.unwrap();
+        assert!(
+            reader.await.unwrap() == expected,
+            "the bytes arrive whole and in order"
+        );
+        assert_eq!(answer, b"answer");
+    }
+}
