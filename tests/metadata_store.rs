@@ -536,6 +536,54 @@ fn the_cached_listing_follows_every_commit_even_while_listed_concurrently() {
 }
 
 #[test]
+fn the_cached_listing_is_patched_with_state_changes_and_moved_names_and_rebuilt_after_a_repair() {
+    let (_dir, store) = open_fresh();
+    add_image(&store, 1, &["app:v1", "app:latest"]);
+    add_image(&store, 2, &["app:v2"]);
+    assert_eq!(store.list_images().unwrap().len(), 2, "now cached");
+    let (first, _) = ready_image(1);
+    let (second, _) = ready_image(2);
+
+    // One transaction: a state change, a name moving between images, and a
+    // new image, all patched into the cached listing at once.
+    store
+        .write(|txn| {
+            txn.set_image_state(first.id(), ImageState::GcPending)?;
+            txn.set_reference(&reference("app:latest"), second.id())?;
+            Ok(())
+        })
+        .unwrap();
+    add_image(&store, 3, &[]);
+    let listed = store.list_images().unwrap();
+    assert_eq!(*listed, store.read().unwrap().list_images().unwrap());
+    let of = |id: &cri_imaged::reference::Digest| {
+        listed
+            .iter()
+            .find(|named| named.image.id() == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(first.id()).image.state, ImageState::GcPending);
+    assert_eq!(of(first.id()).names, vec!["docker.io/library/app:v1"]);
+    assert_eq!(
+        of(second.id()).names,
+        vec!["docker.io/library/app:latest", "docker.io/library/app:v2"]
+    );
+    assert_eq!(listed.len(), 3);
+
+    // A repair rebuilds indexes wholesale: the listing is read again.
+    store.write(|txn| txn.rebuild_indexes()).unwrap();
+    assert_eq!(
+        *store.list_images().unwrap(),
+        store.read().unwrap().list_images().unwrap()
+    );
+    store.write(|txn| txn.remove_image(first.id())).unwrap();
+    let listed = store.list_images().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|named| named.image.id() != first.id()));
+}
+
+#[test]
 fn a_database_with_flipped_bytes_is_refused_and_left_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metadata.redb");

@@ -14,7 +14,7 @@ type Storage = MetadataError;
 impl WriteTxn {
     /// Replaces both indexes with what `references` and `images` say.
     pub fn rebuild_indexes(&mut self) -> Result<(), MetadataError> {
-        self.changed_image_list = true;
+        self.changed_all_images = true;
         let names: Vec<(String, String)> = {
             let references = self.table(REFERENCES)?;
             let mut pairs = Vec::new();

@@ -23,6 +23,7 @@ mod tables;
 mod write;
 mod write_scans;
 
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -255,16 +256,16 @@ impl MetadataStore {
         let mut writer = WriteTxn::new(txn, unix_millis_now());
         match change(&mut writer) {
             Ok(value) => {
-                let changed_image_list = writer.changed_image_list();
+                let changed_images = std::mem::take(&mut writer.changed_images);
+                let changed_all_images = writer.changed_all_images;
                 let committed = writer
                     .into_inner()
                     .commit()
                     .map_err(MetadataError::storage("commit"));
-                if changed_image_list {
-                    // Cleared even when the commit failed: what it did is unknown.
-                    let mut cache = self.lock_image_list();
-                    cache.generation += 1;
-                    cache.listing = None;
+                if changed_all_images || !changed_images.is_empty() {
+                    // A failed commit did something unknown: drop the listing.
+                    let patchable = committed.is_ok() && !changed_all_images;
+                    self.update_image_list(patchable.then_some(&changed_images));
                 }
                 committed?;
                 Ok(value)
@@ -299,8 +300,9 @@ impl MetadataStore {
     }
 
     /// Every image with its names, in id order, whatever its state: the same as
-    /// [`ReadSnapshot::list_images`], served from memory until an image or a
-    /// name changes.
+    /// [`ReadSnapshot::list_images`], served from memory. The first call reads
+    /// the store; after that every commit that changes images or names patches
+    /// the listing with just those images.
     pub fn list_images(&self) -> Result<Arc<Vec<NamedImage>>, MetadataError> {
         let generation = {
             let cache = self.lock_image_list();
@@ -313,6 +315,57 @@ impl MetadataStore {
         let mut cache = self.lock_image_list();
         if cache.generation == generation {
             cache.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    /// After an image-changing commit: patches the cached listing with the
+    /// current records of `changed` images (`None`: drops it instead). Every
+    /// call bumps the generation, so a listing read before it is not cached.
+    ///
+    /// Why patching under the lock is correct: the images are read after the
+    /// commit, while the lock is held; a later commit patches after this one
+    /// releases it, with reads at least as new. So the listing always ends as
+    /// new as the last commit that patched it, for every image it touched.
+    fn update_image_list(&self, changed: Option<&BTreeSet<Digest>>) {
+        let mut cache = self.lock_image_list();
+        cache.generation += 1;
+        let (Some(listing), Some(changed)) = (cache.listing.take(), changed) else {
+            return;
+        };
+        // A failed read leaves no listing: the next call reads the store.
+        if let Ok(patched) = self.patched_image_list(listing, changed) {
+            cache.listing = Some(Arc::new(patched));
+        }
+    }
+
+    fn patched_image_list(
+        &self,
+        listing: Arc<Vec<NamedImage>>,
+        changed: &BTreeSet<Digest>,
+    ) -> Result<Vec<NamedImage>, MetadataError> {
+        let read = self.read()?;
+        // Unshared unless a ListImages answer is being built from it right now.
+        let mut listing = Arc::unwrap_or_clone(listing);
+        for id in changed {
+            let position =
+                listing.binary_search_by(|listed| listed.image.id().as_str().cmp(id.as_str()));
+            match (read.image(id)?, position) {
+                (Some(image), found) => {
+                    let named = NamedImage {
+                        names: read.names_of(id)?,
+                        image,
+                    };
+                    match found {
+                        Ok(index) => listing[index] = named,
+                        Err(index) => listing.insert(index, named),
+                    }
+                }
+                (None, Ok(index)) => {
+                    listing.remove(index);
+                }
+                (None, Err(_)) => {}
+            }
         }
         Ok(listing)
     }

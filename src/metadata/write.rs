@@ -6,6 +6,8 @@
 //! Derived tables (the reverse name index, the state index) are only ever
 //! written here, next to the table they index.
 
+use std::collections::BTreeSet;
+
 use crate::metadata::error::MetadataError;
 use crate::metadata::model::{Blob, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot};
 use crate::metadata::read;
@@ -25,9 +27,12 @@ type Storage = MetadataError;
 pub struct WriteTxn {
     txn: redb::WriteTransaction,
     now_unix_ms: u64,
-    /// Set by every change to an image record or a name, so the store knows to
-    /// drop its cached image listing after the commit.
-    pub(super) changed_image_list: bool,
+    /// The images whose record or names this transaction changed, so the
+    /// store can patch its cached image listing after the commit.
+    pub(super) changed_images: BTreeSet<Digest>,
+    /// Set by changes that touch the listing as a whole (index rebuilds): the
+    /// cached listing is dropped instead.
+    pub(super) changed_all_images: bool,
 }
 
 impl WriteTxn {
@@ -35,12 +40,9 @@ impl WriteTxn {
         WriteTxn {
             txn,
             now_unix_ms,
-            changed_image_list: false,
+            changed_images: BTreeSet::new(),
+            changed_all_images: false,
         }
-    }
-
-    pub(crate) fn changed_image_list(&self) -> bool {
-        self.changed_image_list
     }
 
     pub(crate) fn into_inner(self) -> redb::WriteTransaction {
@@ -91,7 +93,7 @@ impl WriteTxn {
 
     /// Creates or replaces the image record, keeping the state index in step.
     pub fn put_image(&mut self, image: &Image) -> Result<(), MetadataError> {
-        self.changed_image_list = true;
+        self.changed_images.insert(image.id().clone());
         let id = image.id().as_str();
         let previous_state = {
             let mut images = self.table(IMAGES)?;
@@ -153,7 +155,7 @@ impl WriteTxn {
         if self.image(id)?.is_none() {
             return Err(MetadataError::ImageNotFound { id: id.clone() });
         }
-        self.changed_image_list = true;
+        self.changed_images.insert(id.clone());
         let record = ReferenceRecord {
             image_id: id.to_string(),
             updated_unix_ms: self.now_unix_ms,
@@ -168,6 +170,9 @@ impl WriteTxn {
                 None => None,
             }
         };
+        if let Some(previous) = &previous {
+            self.changed_images.insert(previous.clone());
+        }
         let mut names = self.multimap(IMAGE_NAMES)?;
         if let Some(previous) = &previous
             && previous != id
@@ -184,7 +189,6 @@ impl WriteTxn {
 
     /// Removes one name; the image it pointed at stays. Returns that image's id.
     pub fn remove_reference(&mut self, name: &str) -> Result<Option<Digest>, MetadataError> {
-        self.changed_image_list = true;
         let removed = {
             let mut references = self.table(REFERENCES)?;
             let removed = references
@@ -196,6 +200,7 @@ impl WriteTxn {
             }
         };
         if let Some(id) = &removed {
+            self.changed_images.insert(id.clone());
             self.multimap(IMAGE_NAMES)?
                 .remove(id.as_str(), name)
                 .map_err(Storage::storage("update name index"))?;
@@ -207,7 +212,7 @@ impl WriteTxn {
     /// or `None` when there was no such image (removal is idempotent). Its blobs and
     /// snapshots are left for gc.
     pub fn remove_image(&mut self, id: &Digest) -> Result<Option<Vec<String>>, MetadataError> {
-        self.changed_image_list = true;
+        self.changed_images.insert(id.clone());
         let removed = {
             let mut images = self.table(IMAGES)?;
             let removed = images
