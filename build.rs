@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build ignores `[debug_redact = true]`: AuthConfig's Debug is written
     // by hand (src/api/proto.rs) so that no secret is ever printed.
     tonic_prost_build::configure()
+        // prost's codec, reserving each message's length before encoding it.
+        .codec_path("crate::api::codec::ReservingProstCodec")
         .build_server(true)
         .build_client(true)
         .skip_debug([".runtime.v1.AuthConfig"])

@@ -5,16 +5,23 @@ use crate::image_service::{FsUsage, ImageView};
 use crate::registry::AuthConfigFields;
 
 pub fn image(view: &ImageView) -> cri::Image {
+    into_image(view.clone())
+}
+
+/// As [`image`], moving the view's strings instead of copying them: a
+/// listing of 10,000 images otherwise copies every name twice.
+pub fn into_image(view: ImageView) -> cri::Image {
+    let id = view.id.to_string();
     cri::Image {
-        id: view.id.to_string(),
-        repo_tags: view.repo_tags.clone(),
-        repo_digests: view.repo_digests.clone(),
+        id: id.clone(),
+        repo_tags: view.repo_tags,
+        repo_digests: view.repo_digests,
         size: view.size_bytes,
         uid: view.uid.map(|value| cri::Int64Value { value }),
-        username: view.username.clone(),
+        username: view.username,
         spec: Some(cri::ImageSpec {
-            image: view.id.to_string(),
-            annotations: view.annotations.clone().into_iter().collect(),
+            image: id,
+            annotations: view.annotations.into_iter().collect(),
             ..cri::ImageSpec::default()
         }),
         pinned: view.pinned,

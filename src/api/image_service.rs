@@ -45,7 +45,7 @@ impl cri::image_service_server::ImageService for CriImageService {
             .list_images(filter.as_deref())
             .map_err(|error| to_status(&error))?;
         Ok(tonic::Response::new(cri::ListImagesResponse {
-            images: images.iter().map(convert::image).collect(),
+            images: images.into_iter().map(convert::into_image).collect(),
         }))
     }
 
@@ -66,9 +66,14 @@ impl cri::image_service_server::ImageService for CriImageService {
             .map_err(|error| to_status(&error))?;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            for batch in images.chunks(STREAM_IMAGES_BATCH) {
+            let mut images = images.into_iter().peekable();
+            while images.peek().is_some() {
                 let message = cri::StreamImagesResponse {
-                    images: batch.iter().map(convert::image).collect(),
+                    images: images
+                        .by_ref()
+                        .take(STREAM_IMAGES_BATCH)
+                        .map(convert::into_image)
+                        .collect(),
                 };
                 if sender.send(Ok(message)).await.is_err() {
                     break;

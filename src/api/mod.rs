@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod client;
+pub mod codec;
 mod connection_io;
 mod convert;
 mod image_service;
