@@ -112,6 +112,8 @@ fn run_client(command: ClientCommand) -> anyhow::Result<ExitCode> {
 const RUNTIME_SHUTDOWN_TIMEOUT_MS: u64 = 2_000;
 
 fn serve(raw: RawConfig) -> anyhow::Result<()> {
+    // Before any thread exists (see the module's comment for the figures).
+    cri_imaged::memory::use_one_heap_arena();
     let config = Config::from_raw(raw).context("invalid configuration")?;
     init_logging(config.log_format, &config.log_level);
     if let Some(path) = &config.config_file {
