@@ -20,9 +20,9 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Wraps `reader` in the decompressor that `compression` names, after checking
 /// that the stream's magic bytes agree.
 pub(super) fn decompressed_reader<'a>(
-    mut reader: impl Read + 'a,
+    mut reader: impl Read + Send + 'a,
     compression: LayerCompression,
-) -> Result<Box<dyn Read + 'a>, UnpackError> {
+) -> Result<Box<dyn Read + Send + 'a>, UnpackError> {
     let mut prefix = [0u8; 4];
     let prefix_len = read_prefix(&mut reader, &mut prefix)
         .map_err(|source| super::read_error(b"(start of layer)", source))?;

@@ -7,7 +7,8 @@
 //! lower-directory layout that containerd's overlayfs snapshotter also uses.
 //! OCI whiteouts become overlayfs whiteouts there (see [`UnpackOptions`] for the
 //! two conventions), so stacking the unpacked layers as `lowerdir`s gives the
-//! image's root filesystem.
+//! image's root filesystem. Decompression and the diff id run on a thread of
+//! their own, a few chunks ahead of the extraction (`read_ahead`).
 //!
 //! The archive is hostile until proven otherwise. Nothing it contains may
 //! create, change or remove anything outside the target directory:
@@ -35,6 +36,7 @@
 
 mod confined_fs;
 mod decompress;
+mod read_ahead;
 mod tar_entries;
 mod tar_stream;
 
@@ -241,7 +243,7 @@ pub enum UnpackError {
 /// On error the target directory holds a partial layer and must be removed by
 /// the caller; nothing outside it was changed.
 pub fn unpack_layer(
-    reader: impl Read,
+    reader: impl Read + Send,
     compression: LayerCompression,
     target_directory: &Path,
     options: &UnpackOptions,
@@ -257,8 +259,12 @@ pub fn unpack_layer(
         DigestHasher::new(algorithm),
         options.uncompressed_bytes_max,
     );
-    let extracted = tar_entries::extract_layer(hashing, root, options)?;
-    let (diff_id, uncompressed_bytes) = extracted.hashing_reader.finish();
+    // Decompression and the diff id on one thread, the files on another.
+    let (extracted, hashing) = read_ahead::read_ahead(hashing, |tar_stream| {
+        tar_entries::extract_layer(tar_stream, root, options)
+    });
+    let counts = extracted?;
+    let (diff_id, uncompressed_bytes) = hashing.finish();
     if let Some(expected) = &options.expected_diff_id
         && *expected != diff_id
     {
@@ -267,7 +273,6 @@ pub fn unpack_layer(
             received: diff_id,
         });
     }
-    let counts = extracted.counts;
     Ok(UnpackOutcome {
         diff_id,
         uncompressed_bytes,

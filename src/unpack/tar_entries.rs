@@ -19,7 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
@@ -27,13 +27,8 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use rustix::io::Errno;
 
 use super::confined_fs::{self, ConfinedRoot};
-use super::decompress::HashingReader;
 use super::tar_stream::{EntryHeader, EntryKind, SparseMap, StreamLimits, TarStream, Timestamp};
 use super::{UnpackError, UnpackOptions, echo_entry_path};
-
-/// Read-ahead on the uncompressed tar stream; file data is written straight
-/// from this buffer.
-const TAR_BUFFER_BYTES: usize = 256 << 10;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// `.wh..wh.`: AUFS metadata at the layer root (`.wh..wh.plnk`,
@@ -47,12 +42,6 @@ const TRUSTED_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 const USER_WHITEOUT_XATTR: &str = "user.overlay.whiteout";
 
-/// Everything [`extract_layer`] hands back.
-pub(super) struct Extracted<R> {
-    pub(super) hashing_reader: HashingReader<R>,
-    pub(super) counts: Counts,
-}
-
 #[derive(Debug, Default)]
 pub(super) struct Counts {
     pub(super) entries: u64,
@@ -63,15 +52,15 @@ pub(super) struct Counts {
 }
 
 /// Reads every entry of the tar stream into `root`, then the rest of the
-/// stream, and returns the hashing reader so that the caller can take the
-/// diff id.
-pub(super) fn extract_layer<R: Read>(
-    reader: HashingReader<R>,
+/// stream (so that a hashing reader under it has seen every byte), and
+/// returns what was created.
+pub(super) fn extract_layer<R: BufRead>(
+    reader: R,
     root: ConfinedRoot,
     options: &UnpackOptions,
-) -> Result<Extracted<R>, UnpackError> {
+) -> Result<Counts, UnpackError> {
     let mut stream = TarStream::new(
-        BufReader::with_capacity(TAR_BUFFER_BYTES, reader),
+        reader,
         StreamLimits {
             extended_header_bytes_max: options.extended_header_bytes_max,
             path_bytes_max: options.path_bytes_max,
@@ -91,12 +80,9 @@ pub(super) fn extract_layer<R: Read>(
             );
         }
     }
-    let buffered = stream.drain_to_end()?;
+    stream.drain_to_end()?;
     extractor.finish()?;
-    Ok(Extracted {
-        hashing_reader: buffered.into_inner(),
-        counts: extractor.counts,
-    })
+    Ok(extractor.counts)
 }
 
 struct Extractor<'o> {
