@@ -51,7 +51,7 @@ struct Arguments {
     #[arg(long)]
     out: PathBuf,
     /// Layers unpacked at once (the daemon's extractions_max; default one per core).
-    #[arg(long, default_value_t = PullSettings::default().extractions_max)]
+    #[arg(long, default_value_t = PullSettings::default().limits.extractions_max)]
     jobs: usize,
     /// Which manifest of index.json, by its `org.opencontainers.image.ref.name`
     /// annotation; default: the only one.

@@ -117,7 +117,6 @@ impl Daemon {
         settings.limits.pulls_queued_max = config.pulls_queued_max;
         settings.fetch.layer_downloads_max = config.layer_downloads_max;
         settings.limits.layer_downloads_max = config.layer_downloads_max;
-        settings.extractions_max = config.extractions_max;
         settings.limits.extractions_max = config.extractions_max;
         settings.pull_deadline_ms = config.pull_deadline_ms;
         settings.runtime_handlers = config.runtime_handlers.clone();

@@ -188,6 +188,20 @@ async fn max_concurrent_downloads_is_a_limit_for_the_whole_node() {
     );
 }
 
+#[tokio::test]
+async fn max_concurrent_extractions_is_a_limit_for_the_whole_node() {
+    // A layer takes its extraction slot when its download starts (it
+    // unpacks while it downloads), so the held-back layer keeps the only one.
+    assert!(
+        !second_pull_overtakes("[pull]\nmax_concurrent_extractions = 1\n").await,
+        "with one extraction slot the second image's layer waited for the first's"
+    );
+    assert!(
+        second_pull_overtakes("[pull]\nmax_concurrent_extractions = 2\n").await,
+        "with two extraction slots the second image's layer did not wait"
+    );
+}
+
 /// An image whose one layer (1 MiB of noise) the proxy sends 64 KiB of,
 /// then holds back for `stall`, on every request: more pieces than a pull
 /// resumes a download.

@@ -50,7 +50,6 @@ pub struct PullSettings {
     /// How long a pull's lease protects what it stored without renewal.
     pub lease_duration_ms: u64,
     pub unpack: UnpackOptions,
-    pub extractions_max: usize,
     pub limits: PullLimits,
     /// A pull still running this long after it started (after its turn in
     /// the queue) fails with a deadline error; `None` means no deadline.
@@ -65,7 +64,6 @@ impl Default for PullSettings {
             fetch: FetchLimits::default(),
             lease_duration_ms: 60 * 60 * 1000,
             unpack: UnpackOptions::for_current_user(),
-            extractions_max: std::thread::available_parallelism().map_or(2, usize::from),
             limits: PullLimits::default(),
             pull_deadline_ms: None,
         }
@@ -437,8 +435,8 @@ impl ImageService {
         })?)
     }
 
-    /// Unpacks every layer at once (up to `extractions_max`), then commits the
-    /// snapshots base first. Returns the top chain id.
+    /// Unpacks every layer at once, as far as the node's extraction slots
+    /// allow, then commits the snapshots base first. Returns the top chain id.
     async fn unpack_all(
         &self,
         fetched: &ResolvedImage,
@@ -490,14 +488,15 @@ impl ImageService {
                     // Taken before the snapshot's chain lock, so the holder of
                     // a chain lock always has its slot (no pull waits for a
                     // slot while holding a lock another pull needs).
-                    let _slot = extraction_slots.acquire_owned().await.ok();
+                    let slot = extraction_slots.acquire_owned().await.ok();
                     let started = std::time::Instant::now();
                     let prepared = snapshots
                         .prepare(layer, &lease_id, move |directory| {
                             // Runs only when the snapshot is not committed yet.
                             progress.extraction_started(index);
-                            blocking_span
-                                .in_scope(|| unpack_blob(reader, &media_type, directory, &options))
+                            blocking_span.in_scope(|| {
+                                unpack_blob(reader, &media_type, directory, &options, slot)
+                            })
                         })
                         .await;
                     if prepared.is_ok() {
@@ -511,8 +510,12 @@ impl ImageService {
                 .instrument(span),
             ));
         }
+        // All at once: the node-wide slots are the limit, and a layer that
+        // gave its slot back while its files reach the disk must not keep
+        // the next one from taking it.
+        let layer_count = preparations.len().max(1);
         let prepared: Vec<_> = futures_util::stream::iter(preparations)
-            .buffered(self.settings.extractions_max.max(1))
+            .buffered(layer_count)
             .collect()
             .await;
         let mut ready = Vec::with_capacity(prepared.len());
@@ -591,12 +594,15 @@ pub enum LayerError {
 
 /// Unpacks one layer blob, read through its tap, into `directory`
 /// (blocking). Reads the blob to its end, which the tap gives only once the
-/// ingest has verified the whole blob.
+/// ingest has verified the whole blob, then makes the files durable.
+/// `extraction_slot` is given back before that last step: waiting for the
+/// disk takes no CPU, so another layer may unpack meanwhile.
 fn unpack_blob(
     reader: TapReader,
     media_type: &str,
     directory: &std::path::Path,
     options: &UnpackOptions,
+    extraction_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<UnpackedSize, LayerError> {
     let compression = layer_compression(media_type)
         .ok_or_else(|| LayerError::MediaType(media_type.to_owned()))?;
@@ -605,6 +611,7 @@ fn unpack_blob(
     // Bytes after the compressed stream's end are part of the blob too: wait
     // for its verification before the snapshot may be committed.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(LayerError::BlobStream)?;
+    drop(extraction_slot);
     sync_filesystem_of(directory)?;
     Ok(UnpackedSize {
         size_bytes: outcome.size_bytes,

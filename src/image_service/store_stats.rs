@@ -70,7 +70,10 @@ impl ImageService {
                 "layer_resumes_max",
                 settings.fetch.layer_resumes_max.to_string(),
             ),
-            ("extractions_max", settings.extractions_max.to_string()),
+            (
+                "extractions_max",
+                settings.limits.extractions_max.to_string(),
+            ),
             ("lease_duration_ms", settings.lease_duration_ms.to_string()),
             (
                 "manifest_bytes_max",
