@@ -191,6 +191,23 @@ pub struct TapReader {
     position: u64,
 }
 
+impl TapReader {
+    /// Drops the blob's pages from the page cache, once it is verified and
+    /// stored (its end of file was read). A layer blob is read once, by its
+    /// unpack, and then only kept for a later pull to skip the download: its
+    /// cached pages would only push out what containers read, and freeing
+    /// them at removal is most of what reclaiming an image costs on ext4.
+    /// Advice only: a failure changes nothing but the cache.
+    pub fn drop_cached_pages(&self) {
+        let progress = self.state.lock();
+        if let (Some(Ok(_)), Some(file)) = (&progress.end, &progress.file) {
+            // The ingest synced the blob before it ended the tap, so its
+            // pages are clean and the kernel drops them here.
+            let _ = rustix::fs::fadvise(&**file, 0, None, rustix::fs::Advice::DontNeed);
+        }
+    }
+}
+
 impl std::io::Read for TapReader {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         if buffer.is_empty() {
@@ -288,6 +305,39 @@ mod tests {
         );
         taps.publish_complete(&digest(), &file, written);
         assert_eq!(reading.join().unwrap().unwrap(), b"hello streaming world");
+    }
+
+    #[test]
+    fn dropping_the_cached_pages_of_a_complete_blob_keeps_its_bytes() {
+        let taps = Arc::new(BlobTaps::default());
+        let tap = taps.open(&digest());
+        let directory = tempfile::tempdir().unwrap();
+        let mut file = read_write_file(&directory.path().join("blob"));
+        let bytes: Vec<u8> = (0..256 * 1024u32).map(|index| index as u8).collect();
+        file.write_all(&bytes).unwrap();
+        file.sync_all().unwrap();
+        // Before the blob is complete the advice is not given (nothing to
+        // check but that it neither blocks nor ends the tap).
+        let early = tap.reader();
+        early.drop_cached_pages();
+        taps.publish_complete(&digest(), &file, bytes.len() as u64);
+        let mut first = tap.reader();
+        let mut read = Vec::new();
+        first.read_to_end(&mut read).unwrap();
+        assert!(read == bytes);
+        first.drop_cached_pages();
+        // What the cache no longer holds is read from the file again.
+        let mut second = tap.reader();
+        let mut again = Vec::new();
+        second.read_to_end(&mut again).unwrap();
+        assert!(
+            again == bytes,
+            "the blob reads the same after its pages were dropped"
+        );
+        let mut early = early;
+        let mut from_early = Vec::new();
+        early.read_to_end(&mut from_early).unwrap();
+        assert!(from_early == bytes);
     }
 
     #[test]

@@ -611,6 +611,7 @@ fn unpack_blob(
     // Bytes after the compressed stream's end are part of the blob too: wait
     // for its verification before the snapshot may be committed.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(LayerError::BlobStream)?;
+    reader.get_ref().drop_cached_pages();
     drop(extraction_slot);
     sync_filesystem_of(directory)?;
     Ok(UnpackedSize {
