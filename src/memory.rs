@@ -1,8 +1,8 @@
 //! Keeping the daemon's heap small: one malloc arena, and freed memory handed
 //! back to the kernel when the daemon goes idle.
 //!
-//! glibc's allocator gives each thread that allocates while another holds
-//! the lock an arena of its own, up to eight per core, and an arena gives
+//! glibc's allocator gives each new thread that allocates an arena of its
+//! own (or one an exited thread left), up to eight per core, and an arena gives
 //! memory back only from its top. Parallel pulls run on the async workers and
 //! on a pool of blocking threads (extraction, file writes), so a burst of
 //! pulls spread the heap over a dozen arenas, each fragmented by what the
@@ -23,7 +23,9 @@ const ARENA_SETTINGS_FROM_ENVIRONMENT: [&str; 2] = ["MALLOC_ARENA_MAX", "GLIBC_T
 
 /// Limits the C library's allocator to one arena, unless the environment
 /// already says how many. Call it before the daemon starts its threads: a
-/// thread that allocated before keeps the arena it has.
+/// thread that allocated before keeps the arena it has, and once a process
+/// has more than eight arenas glibc fixes its limit for good, so a later
+/// call would change nothing.
 pub fn use_one_heap_arena() {
     if ARENA_SETTINGS_FROM_ENVIRONMENT
         .iter()
