@@ -100,6 +100,56 @@ struct Extractor<'o> {
     user_xattr_whiteouts: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     effective_uid: u32,
     effective_gid: u32,
+    /// What a new file gets from its creation alone, when that is known;
+    /// see [`CreationDefaults`].
+    creation_defaults: Option<CreationDefaults>,
+}
+
+/// A new file is owned by the effective uid and gid and gets the mode it is
+/// created with, minus the umask, unless its directory passes something down:
+/// a setgid directory its group, a default ACL its permissions. During an
+/// unpack every directory below the root is ours, with modes that are set
+/// only in [`Extractor::finish`], so it is enough that the root passes
+/// nothing down. Then a file whose owner and mode need no change skips the
+/// `fchown` and `fchmod`, two journalled inode updates per file.
+#[derive(Clone, Copy)]
+struct CreationDefaults {
+    umask: u32,
+}
+
+impl CreationDefaults {
+    fn of_root(root: &ConfinedRoot) -> Option<CreationDefaults> {
+        let stat = rustix::fs::fstat(root.as_fd()).ok()?;
+        if stat.st_mode & 0o2000 != 0 {
+            return None;
+        }
+        match rustix::fs::fgetxattr(root.as_fd(), "system.posix_acl_default", &mut [0u8; 0]) {
+            Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
+            _ => return None,
+        }
+        Some(CreationDefaults {
+            umask: process_umask()?,
+        })
+    }
+
+    /// The permission bits a file created with `mode` gets, if they are all
+    /// of `mode`: no setuid, setgid or sticky bit (the archive's, applied by
+    /// `fchmod`), none the umask takes away.
+    fn exact_creation_mode(self, mode: u32) -> Option<u32> {
+        (mode & 0o7000 == 0 && mode & self.umask == 0).then_some(mode)
+    }
+}
+
+/// The umask, from `/proc/self/status` (Linux 4.7+): `umask(2)` can only be
+/// read by setting it, which would race with other threads creating files.
+/// Read once per layer (a few microseconds), so a umask changed between
+/// unpacks is seen.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// A directory entry's attributes, applied in [`Extractor::finish`].
@@ -124,6 +174,7 @@ enum XattrTarget<'a> {
 
 impl<'o> Extractor<'o> {
     fn new(root: ConfinedRoot, options: &'o UnpackOptions) -> Extractor<'o> {
+        let creation_defaults = CreationDefaults::of_root(&root);
         Extractor {
             root,
             options,
@@ -134,6 +185,7 @@ impl<'o> Extractor<'o> {
             user_xattr_whiteouts: HashMap::new(),
             effective_uid: rustix::process::geteuid().as_raw(),
             effective_gid: rustix::process::getegid().as_raw(),
+            creation_defaults,
         }
     }
 
@@ -194,6 +246,13 @@ impl<'o> Extractor<'o> {
         let entry_path = entry.path.as_slice();
         match entry.kind {
             EntryKind::Regular => {
+                // Created with its final mode when that is exact and nothing
+                // else (xattrs) needs it writable first; a new file is
+                // opened for writing whatever its mode says.
+                let exact_mode = self
+                    .creation_defaults
+                    .filter(|_| entry.xattrs.is_empty())
+                    .and_then(|defaults| defaults.exact_creation_mode(entry.mode));
                 let fd = rustix::fs::openat(
                     parent,
                     name,
@@ -202,7 +261,7 @@ impl<'o> Extractor<'o> {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    Mode::from_raw_mode(exact_mode.unwrap_or(0o600)),
                 )
                 .map_err(|errno| creation_error(entry_path, "create file", errno))?;
                 self.count_inode(entry_path)?;
@@ -211,7 +270,7 @@ impl<'o> Extractor<'o> {
                     None => self.write_data(&file, entry_path, stream)?,
                     Some(sparse) => self.write_sparse_data(&file, sparse, entry_path, stream)?,
                 }
-                self.apply_metadata_to_open(file.as_fd(), entry)
+                self.apply_metadata_to_open(file.as_fd(), entry, exact_mode.is_some())
             }
             EntryKind::Directory => {
                 match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
@@ -550,13 +609,20 @@ impl<'o> Extractor<'o> {
     /// Owner, then xattrs (a chown drops `security.capability`), then mode
     /// (a chown clears setuid and setgid, and without root a mode without
     /// owner write would forbid `user.*` xattrs), then times.
+    /// `created_with_mode`: the file was created with exactly its mode (see
+    /// [`CreationDefaults`]), so no `fchmod` is needed.
     fn apply_metadata_to_open(
         &mut self,
         fd: BorrowedFd<'_>,
         entry: &EntryHeader,
+        created_with_mode: bool,
     ) -> Result<(), UnpackError> {
         let entry_path = entry.path.as_slice();
-        if self.options.chown {
+        let owned_at_creation =
+            created_with_mode && entry.uid == self.effective_uid && entry.gid == self.effective_gid;
+        if owned_at_creation {
+            // Already the archive's owner: nothing to change or to skip.
+        } else if self.options.chown {
             rustix::fs::fchown(
                 fd,
                 Some(Uid::from_raw(entry.uid)),
@@ -569,8 +635,10 @@ impl<'o> Extractor<'o> {
         for (xattr_name, value) in &entry.xattrs {
             self.set_xattr(XattrTarget::Open(fd), xattr_name, value, entry_path)?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
-            .map_err(|errno| filesystem_error(entry_path, "chmod", errno))?;
+        if !created_with_mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+                .map_err(|errno| filesystem_error(entry_path, "chmod", errno))?;
+        }
         rustix::fs::futimens(fd, &timestamps(entry.mtime))
             .map_err(|errno| filesystem_error(entry_path, "set times", errno))
     }

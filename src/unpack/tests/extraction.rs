@@ -105,25 +105,61 @@ fn every_entry_type_with_its_metadata() {
     assert_eq!(outcome.diff_id, DigestHasher::sha256_of(&layer));
 }
 
+/// Set in the child process of the umask test below.
+const UMASK_CHILD_VARIABLE: &str = "CRI_IMAGED_TEST_UMASK_CHILD";
+const UMASK_CHILD_TEST: &str = "unpack::tests::extraction::modes_under_a_umask_in_a_fresh_process";
+
 #[test]
-fn implied_parent_directories_are_created_with_mode_0755() {
-    let sandbox = Sandbox::new();
-    // A umask must not shape the result.
-    let previous_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let result = sandbox.unpack(
-        &LayerBuilder::new().file("a/b/c/file", b"x").finish(),
-        &UnpackOptions::privileged(),
+fn a_umask_does_not_shape_modes() {
+    // In a process of its own: the umask is the whole process's, and files
+    // other tests create meanwhile would get it too.
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            UMASK_CHILD_TEST,
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env(UMASK_CHILD_VARIABLE, "1")
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the child test did not pass: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    rustix::process::umask(previous_umask);
-    let outcome = result.expect("unpack");
+}
+
+#[test]
+#[ignore = "a helper: a_umask_does_not_shape_modes runs it in a process of its own"]
+fn modes_under_a_umask_in_a_fresh_process() {
+    if std::env::var_os(UMASK_CHILD_VARIABLE).is_none() {
+        return;
+    }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let sandbox = Sandbox::new();
+    let own_uid = u64::from(rustix::process::geteuid().as_raw());
+    let own_gid = u64::from(rustix::process::getegid().as_raw());
+    let layer = LayerBuilder::new()
+        .file("a/b/c/file", b"x")
+        .file_with(b"shared", b"y", attributes(0o666, own_uid, own_gid, 5))
+        .file_with(b"private", b"z", attributes(0o600, own_uid, own_gid, 5))
+        .finish();
+    let outcome = sandbox
+        .unpack(&layer, &UnpackOptions::for_current_user())
+        .expect("unpack");
     for directory in ["a", "a/b", "a/b/c"] {
         let metadata = fs::symlink_metadata(sandbox.root().join(directory)).expect("implied dir");
         assert!(metadata.is_dir());
         assert_eq!(metadata.mode() & 0o7777, 0o755, "{directory}");
     }
-    let file = fs::symlink_metadata(sandbox.root().join("a/b/c/file")).expect("file");
-    assert_eq!(file.mode() & 0o7777, 0o644);
-    assert_eq!(outcome.inodes, 4);
+    for (name, mode) in [("a/b/c/file", 0o644), ("shared", 0o666), ("private", 0o600)] {
+        let file = fs::symlink_metadata(sandbox.root().join(name)).expect("file");
+        assert_eq!(file.mode() & 0o7777, mode, "{name}");
+    }
+    assert_eq!(outcome.inodes, 6);
 }
 
 #[test]
@@ -795,4 +831,54 @@ fn options_for_the_current_user() {
     assert_eq!(UnpackOptions::default(), UnpackOptions::privileged());
     assert_eq!(UnpackOptions::default().uncompressed_bytes_max, 64 << 30);
     assert_eq!(UnpackOptions::default().entries_max, 1_000_000);
+}
+
+#[test]
+fn file_modes_are_exact_whether_or_not_creation_could_set_them() {
+    let sandbox = Sandbox::new();
+    let own_uid = u64::from(rustix::process::geteuid().as_raw());
+    let own_gid = u64::from(rustix::process::getegid().as_raw());
+    // Modes the creation can give (0644, 0444, 0000, 0755) and modes only a
+    // chmod can (setuid, sticky, group- and other-writable under a umask).
+    let modes = [0o644, 0o444, 0o000, 0o755, 0o4755, 0o1777, 0o666, 0o2770];
+    let mut builder = LayerBuilder::new();
+    for mode in modes {
+        let name = format!("m{mode:o}");
+        builder = builder.file_with(
+            name.as_bytes(),
+            b"data",
+            attributes(mode, own_uid, own_gid, 7),
+        );
+    }
+    let options = UnpackOptions::for_current_user();
+    sandbox.unpack(&builder.finish(), &options).expect("unpack");
+    for mode in modes {
+        let path = sandbox.root().join(format!("m{mode:o}"));
+        let metadata = fs::symlink_metadata(&path).expect("file");
+        assert_eq!(metadata.mode() & 0o7777, mode, "{}", path.display());
+        assert_eq!(fs::read(&path).expect("read"), b"data");
+        assert_eq!(metadata.mtime(), 7);
+    }
+}
+
+#[test]
+fn a_setgid_root_does_not_give_files_its_group() {
+    if !is_root() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let root = sandbox.root();
+    std::os::unix::fs::chown(&root, None, Some(4321)).expect("chgrp root");
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o2775)).expect("setgid root");
+    let layer = LayerBuilder::new()
+        .file_with(b"top", b"x", attributes(0o644, 0, 0, 5))
+        .file_with(b"dir/nested", b"y", attributes(0o600, 0, 0, 5))
+        .finish();
+    sandbox
+        .unpack(&layer, &UnpackOptions::privileged())
+        .expect("unpack");
+    for name in ["top", "dir/nested"] {
+        let metadata = fs::symlink_metadata(root.join(name)).expect(name);
+        assert_eq!((metadata.uid(), metadata.gid()), (0, 0), "{name}");
+    }
 }
