@@ -610,7 +610,8 @@ impl<'o> Extractor<'o> {
     /// (a chown clears setuid and setgid, and without root a mode without
     /// owner write would forbid `user.*` xattrs), then times.
     /// `created_with_mode`: the file was created with exactly its mode (see
-    /// [`CreationDefaults`]), so no `fchmod` is needed.
+    /// [`CreationDefaults`]), so no `fchmod` is needed. With those defaults
+    /// known, a new file is also already owned by the effective ids.
     fn apply_metadata_to_open(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -618,17 +619,18 @@ impl<'o> Extractor<'o> {
         created_with_mode: bool,
     ) -> Result<(), UnpackError> {
         let entry_path = entry.path.as_slice();
-        let owned_at_creation =
-            created_with_mode && entry.uid == self.effective_uid && entry.gid == self.effective_gid;
-        if owned_at_creation {
-            // Already the archive's owner: nothing to change or to skip.
-        } else if self.options.chown {
-            rustix::fs::fchown(
-                fd,
-                Some(Uid::from_raw(entry.uid)),
-                Some(Gid::from_raw(entry.gid)),
-            )
-            .map_err(|errno| filesystem_error(entry_path, "chown", errno))?;
+        if self.options.chown {
+            let owned_at_creation = self.creation_defaults.is_some()
+                && entry.uid == self.effective_uid
+                && entry.gid == self.effective_gid;
+            if !owned_at_creation {
+                rustix::fs::fchown(
+                    fd,
+                    Some(Uid::from_raw(entry.uid)),
+                    Some(Gid::from_raw(entry.gid)),
+                )
+                .map_err(|errno| filesystem_error(entry_path, "chown", errno))?;
+            }
         } else {
             self.note_owner_skipped(entry.uid, entry.gid);
         }
