@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cri_imaged::api::client;
+use cri_imaged::api::proto::cri_imaged::admin::v1 as admin;
+use cri_imaged::api::proto::cri_imaged::admin::v1::admin_service_client::AdminServiceClient;
 use cri_imaged::api::proto::runtime::v1 as cri;
 
 use crate::pull_progress::incompressible;
@@ -121,26 +123,50 @@ async fn pinned_patterns_and_runtime_handler_platforms_come_from_the_config_file
     assert!(!status(format!("{host}/multi/app:v1")).await.pinned);
 }
 
-/// Pulls `a` (held back by the proxy) and then `b`; returns whether `b`
-/// finished first.
+/// Pulls `a` (its layer's download held back by the proxy) and then `b`;
+/// returns whether `b` finished first.
 async fn second_pull_overtakes(config: &str) -> bool {
-    let registry = TestRegistry::start();
     let slow = one_layer_image("slow", Platform::linux_amd64());
+    let held_back = Fault::StallBody {
+        after_bytes: 0,
+        duration: Duration::from_millis(1500),
+    };
+    pull_race(config, slow, Some(held_back), &[])
+        .await
+        .second_overtook
+}
+
+/// How the second pull of [`pull_race`] went.
+struct PullRace {
+    second_overtook: bool,
+    second_took: Duration,
+}
+
+/// Pulls `slow` (its layer's download slowed by `fault`, if any), and once
+/// that download has started, a one-layer image. `environment` goes to the
+/// daemon (`FAILPOINTS`).
+async fn pull_race(
+    config: &str,
+    slow: BuiltImage,
+    fault: Option<Fault>,
+    environment: &[(&str, &str)],
+) -> PullRace {
+    let registry = TestRegistry::start();
     let fast = one_layer_image("fast", Platform::linux_amd64());
     let pusher = Pusher::new(&registry);
     pusher.push_image("order/a", &slow, "v1").unwrap();
     pusher.push_image("order/b", &fast, "v1").unwrap();
     let proxy = FaultProxy::in_front_of(&registry);
-    proxy.add_rule(FaultRule::new(
-        "GET",
-        &format!("/blobs/{}", slow.layers[0].digest),
-        Fault::StallBody {
-            after_bytes: 0,
-            duration: Duration::from_millis(1500),
-        },
-    ));
+    if let Some(fault) = fault {
+        proxy.add_rule(FaultRule::new(
+            "GET",
+            &format!("/blobs/{}", slow.layers[0].digest),
+            fault,
+        ));
+    }
     let (_directory, path) = config_file(config);
-    let daemon = DaemonProcess::start_with(&["--config", path.to_str().unwrap()]);
+    let daemon =
+        DaemonProcess::start_with_environment(&["--config", path.to_str().unwrap()], environment);
     let pull = |name: &'static str| {
         let socket = daemon.socket.clone();
         let reference = format!("{}/order/{name}:v1", proxy.host());
@@ -163,9 +189,15 @@ async fn second_pull_overtakes(config: &str) -> bool {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // And until its first bytes are in and its unpack had time to start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b_started = Instant::now();
     let b = pull("b");
     let (a_done, b_done) = (a.await.unwrap(), b.await.unwrap());
-    b_done < a_done
+    PullRace {
+        second_overtook: b_done < a_done,
+        second_took: b_done - b_started,
+    }
 }
 
 #[tokio::test]
@@ -188,17 +220,63 @@ async fn max_concurrent_downloads_is_a_limit_for_the_whole_node() {
     );
 }
 
+/// The first layer unpacked sleeps 2.5 s after its first entry, holding its
+/// extraction slot (a slow unpack, not a slow download).
+#[cfg(feature = "failpoints")]
+const SLOW_FIRST_UNPACK: (&str, &str) = ("FAILPOINTS", "unpack::mid_extraction=1*sleep(2500)");
+
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn max_concurrent_extractions_is_a_limit_for_the_whole_node() {
-    // A layer takes its extraction slot when its download starts (it
-    // unpacks while it downloads), so the held-back layer keeps the only one.
+    // Measured by how long the second pull takes, not by which pull ends
+    // first: the first gives its slot back before its final sync and commit,
+    // which the second, once it has the slot, may well overtake.
+    let slot_wait = Duration::from_millis(1200);
+    let race = |config: &'static str| {
+        let slow = one_layer_image("slow", Platform::linux_amd64());
+        pull_race(config, slow, None, &[SLOW_FIRST_UNPACK])
+    };
+    let one_slot = race("[pull]\nmax_concurrent_extractions = 1\n").await;
     assert!(
-        !second_pull_overtakes("[pull]\nmax_concurrent_extractions = 1\n").await,
-        "with one extraction slot the second image's layer waited for the first's"
+        one_slot.second_took > slot_wait,
+        "with one extraction slot the second image's layer waited for the first's: {:?}",
+        one_slot.second_took
     );
+    let two_slots = race("[pull]\nmax_concurrent_extractions = 2\n").await;
     assert!(
-        second_pull_overtakes("[pull]\nmax_concurrent_extractions = 2\n").await,
-        "with two extraction slots the second image's layer did not wait"
+        two_slots.second_took < slot_wait,
+        "with two extraction slots the second image's layer did not wait: {:?}",
+        two_slots.second_took
+    );
+}
+
+#[tokio::test]
+async fn a_layer_waiting_for_its_download_holds_no_extraction_slot() {
+    let config = "[pull]\nmax_concurrent_extractions = 1\n";
+    // Before its first byte: the layer has not taken the slot.
+    assert!(
+        second_pull_overtakes(config).await,
+        "the second image unpacked while the first's download had not started sending"
+    );
+    // Mid-blob: the layer unpacked the first 64 KiB with the slot, then gave
+    // it back to wait for the rest.
+    let noise = incompressible(1024 * 1024, 11);
+    let slow = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("noise", &noise)
+                .build(Compression::Gzip),
+        )
+        .build();
+    let held_back = Fault::StallBody {
+        after_bytes: 64 * 1024,
+        duration: Duration::from_millis(1500),
+    };
+    assert!(
+        pull_race(config, slow, Some(held_back), &[])
+            .await
+            .second_overtook,
+        "the second image unpacked while the first's download was held back mid-blob"
     );
 }
 
@@ -256,6 +334,30 @@ async fn a_pull_past_its_deadline_fails_with_deadline_exceeded_and_shows_nothing
         .unwrap()
         .into_inner();
     assert!(listed.images.is_empty(), "{listed:?}");
+    // The pull unwound through its error path: its lease is released at
+    // once (not left to expire in an hour) and its half-unpacked layer is
+    // gone, so a gc pass now reclaims what it downloaded.
+    let mut admin = AdminServiceClient::new(client::connect(&daemon.socket).await.unwrap());
+    let leases = admin
+        .list_leases(admin::ListLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(leases.leases.is_empty(), "{leases:?}");
+    let extracting = daemon.state().join("snapshots/extracting");
+    let left: Vec<_> = std::fs::read_dir(&extracting)
+        .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let collected = admin
+        .collect_garbage(admin::CollectGarbageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        collected.blobs_removed + collected.ingests_removed > 0,
+        "{collected:?}"
+    );
 
     // Without the fault the same pull succeeds within the deadline.
     proxy.clear_rules();

@@ -574,6 +574,7 @@ async fn no_log_line_or_metric_carries_a_password_and_a_refused_one_counts_as_au
         socket,
         log,
         arguments: Vec::new(),
+        environment: Vec::new(),
     };
     metrics_address(&daemon);
     let deadline = Instant::now() + Duration::from_millis(LOG_WAIT_MS);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use blob_paths::BlobPaths;
 pub use ingest::{BlobSource, IngestError, IngestOutcome, IngestRequest, OpenedBlob};
-pub use tap::{BlobTap, TapReader};
+pub use tap::{BlobTap, TapReader, TapWaitHook};
 
 use crate::metadata::{Blob, BlobState, LeaseResource, MetadataError, MetadataStore};
 use crate::reference::{Digest, DigestHasher};

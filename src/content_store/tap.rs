@@ -168,6 +168,8 @@ impl BlobTap {
         TapReader {
             state: self.state.clone(),
             position: 0,
+            wait_hook: None,
+            waiting: false,
         }
     }
 
@@ -184,14 +186,58 @@ impl Drop for BlobTap {
     }
 }
 
+/// Told when a [`TapReader`] starts and stops waiting for bytes the download
+/// has not written yet. The unpacker gives its node-wide extraction slot back
+/// for the wait: a layer that waits on a slow or stalled registry uses no
+/// CPU, and must not keep the layers whose bytes are there from unpacking.
+pub trait TapWaitHook: Send {
+    /// The reader is about to block until more bytes (or the end) arrive.
+    fn wait_started(&mut self);
+    /// The bytes (or the end) arrived; called on the reader's thread, which
+    /// it may block (to take a slot back) before the reader returns them.
+    fn wait_ended(&mut self);
+}
+
 /// Reads a tapped blob from the start, blocking until bytes are written.
 /// Meant for blocking threads (the unpacker), never for async tasks.
 pub struct TapReader {
     state: Arc<TapState>,
     position: u64,
+    wait_hook: Option<Box<dyn TapWaitHook>>,
+    /// Whether the hook was told of a wait that has not ended.
+    waiting: bool,
+}
+
+/// What a reader found past its position.
+enum Readable {
+    /// `available` bytes of the blob are in `file` past the position.
+    Bytes { file: Arc<File>, available: u64 },
+    /// The blob is verified and read to its end.
+    End,
 }
 
 impl TapReader {
+    /// Tells `hook` around every wait for bytes from now on. The hook starts
+    /// as if a wait had begun: its first [`TapWaitHook::wait_ended`] comes
+    /// when the reader first has bytes (or the end) to return.
+    pub fn set_wait_hook(&mut self, hook: Box<dyn TapWaitHook>) {
+        self.wait_hook = Some(hook);
+        self.waiting = true;
+    }
+
+    /// Drops the hook (which gives back whatever it holds).
+    pub fn clear_wait_hook(&mut self) {
+        self.wait_hook = None;
+        self.waiting = false;
+    }
+
+    /// Blocks until the blob has bytes past the position or has ended (the
+    /// hook's first `wait_ended` comes here). Lets the unpacker wait for a
+    /// download that has not started without allocating anything.
+    pub fn wait_for_bytes(&mut self) -> std::io::Result<()> {
+        self.wait_readable().map(|_| ())
+    }
+
     /// Drops the blob's pages from the page cache, once it is verified and
     /// stored (its end of file was read). A layer blob is read once, by its
     /// unpack, and then only kept for a later pull to skip the download: its
@@ -205,6 +251,54 @@ impl TapReader {
             let _ = rustix::fs::fadvise(&**file, 0, None, rustix::fs::Advice::DontNeed);
         }
     }
+
+    /// Blocks until there is something to read past the position, telling
+    /// the hook around the wait. The progress lock is never held while the
+    /// hook runs: `wait_ended` may block, and the ingest must keep
+    /// publishing meanwhile.
+    fn wait_readable(&mut self) -> std::io::Result<Readable> {
+        let mut progress = self.state.lock();
+        loop {
+            if let Some(Err(reason)) = &progress.end {
+                return Err(std::io::Error::other(reason.clone()));
+            }
+            let readable = match (&progress.file, progress.end.as_ref()) {
+                (Some(file), _) if progress.written_bytes > self.position => {
+                    Some(Readable::Bytes {
+                        file: file.clone(),
+                        available: progress.written_bytes - self.position,
+                    })
+                }
+                (_, Some(Ok(size_bytes))) if self.position >= *size_bytes => Some(Readable::End),
+                _ => None,
+            };
+            if let Some(readable) = readable {
+                drop(progress);
+                if self.waiting {
+                    self.waiting = false;
+                    if let Some(hook) = &mut self.wait_hook {
+                        hook.wait_ended();
+                    }
+                }
+                return Ok(readable);
+            }
+            if !self.waiting
+                && let Some(hook) = &mut self.wait_hook
+            {
+                drop(progress);
+                self.waiting = true;
+                hook.wait_started();
+                // What changed meanwhile is looked at again before waiting.
+                progress = self.state.lock();
+                continue;
+            }
+            progress = self
+                .state
+                .changed
+                .wait(progress)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
 }
 
 impl std::io::Read for TapReader {
@@ -212,47 +306,31 @@ impl std::io::Read for TapReader {
         if buffer.is_empty() {
             return Ok(0);
         }
-        let mut progress = self.state.lock();
         loop {
-            if let Some(Err(reason)) = &progress.end {
-                return Err(std::io::Error::other(reason.clone()));
-            }
-            if let Some(file) = &progress.file
-                && progress.written_bytes > self.position
-            {
-                let file = file.clone();
-                let available = progress.written_bytes - self.position;
-                drop(progress);
-                let wanted = buffer
-                    .len()
-                    .min(usize::try_from(available).unwrap_or(usize::MAX));
-                let read = file.read_at(&mut buffer[..wanted], self.position)?;
-                if read == 0 {
-                    // Written bytes must be readable; a shorter file means the
-                    // ingest truncated it to restart: wait for the rewrite.
-                    progress = self.state.lock();
-                    if progress.written_bytes > self.position && progress.end.is_none() {
-                        progress = self
-                            .state
+            let (file, available) = match self.wait_readable()? {
+                Readable::End => return Ok(0),
+                Readable::Bytes { file, available } => (file, available),
+            };
+            let wanted = buffer
+                .len()
+                .min(usize::try_from(available).unwrap_or(usize::MAX));
+            let read = file.read_at(&mut buffer[..wanted], self.position)?;
+            if read == 0 {
+                // Written bytes must be readable; a shorter file means the
+                // ingest truncated it to restart: wait for the rewrite.
+                let progress = self.state.lock();
+                if progress.written_bytes > self.position && progress.end.is_none() {
+                    drop(
+                        self.state
                             .changed
                             .wait(progress)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    }
-                    continue;
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    );
                 }
-                self.position += read as u64;
-                return Ok(read);
+                continue;
             }
-            if let Some(Ok(size_bytes)) = progress.end
-                && self.position >= size_bytes
-            {
-                return Ok(0);
-            }
-            progress = self
-                .state
-                .changed
-                .wait(progress)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.position += read as u64;
+            return Ok(read);
         }
     }
 }
@@ -401,5 +479,82 @@ mod tests {
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).unwrap();
         assert_eq!(bytes, b"xy");
+    }
+
+    /// Records what a reader told its hook.
+    #[derive(Clone, Default)]
+    struct RecordingHook {
+        events: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl TapWaitHook for RecordingHook {
+        fn wait_started(&mut self) {
+            self.events.lock().unwrap().push("started");
+        }
+
+        fn wait_ended(&mut self) {
+            self.events.lock().unwrap().push("ended");
+        }
+    }
+
+    #[test]
+    fn the_wait_hook_is_told_around_each_wait_and_not_while_bytes_are_there() {
+        let taps = Arc::new(BlobTaps::default());
+        let tap = taps.open(&digest());
+        let mut reader = tap.reader();
+        let hook = RecordingHook::default();
+        let events = hook.events.clone();
+        reader.set_wait_hook(Box::new(hook));
+        let directory = tempfile::tempdir().unwrap();
+        let mut file = read_write_file(&directory.path().join("blob"));
+        file.write_all(b"abcd").unwrap();
+        taps.publish_file(&digest(), &file, 4);
+        // Bytes are there: the hook's initial wait ends, nothing blocks.
+        reader.wait_for_bytes().unwrap();
+        let mut first = [0; 2];
+        reader.read_exact(&mut first).unwrap();
+        reader.read_exact(&mut first).unwrap();
+        assert_eq!(*events.lock().unwrap(), ["ended"]);
+        let reading = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).map(|_| rest)
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while events.lock().unwrap().len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader never waited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(*events.lock().unwrap(), ["ended", "started"]);
+        file.write_all(b"ef").unwrap();
+        taps.publish_complete(&digest(), &file, 6);
+        assert_eq!(reading.join().unwrap().unwrap(), b"ef");
+        assert_eq!(
+            *events.lock().unwrap(),
+            ["ended", "started", "ended"],
+            "one wait for the last bytes, whose end of file came with them"
+        );
+    }
+
+    #[test]
+    fn a_failed_tap_ends_the_wait_without_telling_the_hook() {
+        let taps = Arc::new(BlobTaps::default());
+        let tap = taps.open(&digest());
+        let mut reader = tap.reader();
+        let hook = RecordingHook::default();
+        let events = hook.events.clone();
+        reader.set_wait_hook(Box::new(hook));
+        let reading = std::thread::spawn(move || reader.wait_for_bytes());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        tap.fail("registry went away");
+        assert!(reading.join().unwrap().is_err());
+        // No `ended`: a failed layer takes no slot back just to give it up.
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "{:?}",
+            events.lock().unwrap()
+        );
     }
 }

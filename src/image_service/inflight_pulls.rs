@@ -8,7 +8,8 @@
 //! 1 = the kubelet's serialized mode), with at most `pulls_queued_max` waiting;
 //! beyond that a pull is refused at once rather than queued without bound.
 //! Node-wide slots bound the layer downloads and extractions of all pulls
-//! together (`layer_downloads_max`, `extractions_max`).
+//! together (`layer_downloads_max`, `extractions_max`); an extraction holds
+//! its slot only while it has bytes to unpack (see [`super::extraction_slots`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tracing::Instrument as _;
 
+use crate::image_service::extraction_slots::ExtractionSlots;
 use crate::image_service::pull_progress::PullProgress;
 use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
@@ -71,7 +73,7 @@ pub(crate) struct InflightPulls<E> {
     limits: PullLimits,
     waiting: std::sync::atomic::AtomicUsize,
     download_slots: Arc<tokio::sync::Semaphore>,
-    extraction_slots: Arc<tokio::sync::Semaphore>,
+    extraction_slots: Arc<ExtractionSlots>,
 }
 
 struct InflightPull<E> {
@@ -121,7 +123,7 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
             download_slots: Arc::new(tokio::sync::Semaphore::new(
                 limits.layer_downloads_max.max(1),
             )),
-            extraction_slots: Arc::new(tokio::sync::Semaphore::new(limits.extractions_max.max(1))),
+            extraction_slots: ExtractionSlots::new(limits.extractions_max),
         }
     }
 
@@ -130,8 +132,9 @@ impl<E: Send + Sync + 'static> InflightPulls<E> {
         &self.download_slots
     }
 
-    /// Node-wide extraction slots: an extraction holds one while it runs.
-    pub(crate) fn extraction_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+    /// Node-wide extraction slots: an extraction holds one while it has
+    /// bytes to unpack.
+    pub(crate) fn extraction_slots(&self) -> &Arc<ExtractionSlots> {
         &self.extraction_slots
     }
 

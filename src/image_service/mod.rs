@@ -11,6 +11,7 @@
 //!   error enums in one function.
 //! - `store_stats`: the store's counts and sizes for metrics and `status`.
 
+mod extraction_slots;
 pub mod fetch;
 mod inflight_pulls;
 mod lookup;

@@ -17,6 +17,7 @@ use crate::content_store::{BlobTap, TapReader};
 use futures_util::FutureExt;
 use tracing::Instrument as _;
 
+use crate::image_service::extraction_slots::{ExtractionSlot, LayerSlot};
 use crate::image_service::fetch::{
     FetchLimits, FetchShared, ResolvedImage, fetch_layers, resolve_image, skipped_bytes,
 };
@@ -30,7 +31,7 @@ use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
 use crate::registry::{AuthConfigFields, RegistryCredentials};
 use crate::snapshot_store::{LayerSnapshot, PrepareError, UnpackedSize, chain_ids};
-use crate::unpack::{UnpackError, UnpackOptions, sync_filesystem_of, unpack_layer};
+use crate::unpack::{UnpackError, UnpackOptions, sync_filesystem_of, unpack_layer_with_input_wait};
 
 /// What a client asked to pull.
 #[derive(Clone, Debug, Default)]
@@ -192,6 +193,12 @@ impl ImageService {
         self.inflight.abort_all()
     }
 
+    /// Pulls, failing with [`ServiceError::PullDeadlineExceeded`] once the
+    /// configured deadline has passed. The pull is not dropped at the
+    /// deadline: its downloads stop and its unpacks fail their next read, so
+    /// it unwinds through its own error path, which removes its unfinished
+    /// snapshots and releases its lease (gc reclaims what it stored at once,
+    /// and no unpack thread is left writing into a directory gc may take).
     async fn pull_within_deadline(
         &self,
         reference: ImageReference,
@@ -199,27 +206,18 @@ impl ImageService {
         platform: Platform,
         progress: Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
-        let Some(deadline_ms) = self.settings.pull_deadline_ms else {
-            return self
-                .pull_uncached(reference, credentials, platform, progress)
-                .await;
-        };
+        let deadline = self.settings.pull_deadline_ms.map(PullDeadline::from_now);
         let text = reference.to_string();
-        // On expiry the pull future is dropped at an await point: what it
-        // stored stays under its lease until that expires, and its image was
-        // never marked ready.
-        tokio::time::timeout(
-            std::time::Duration::from_millis(deadline_ms),
-            self.pull_uncached(reference, credentials, platform, progress),
-        )
-        .await
-        .unwrap_or_else(|_elapsed| {
-            tracing::warn!(reference = %text, deadline_ms, "pull deadline passed");
-            Err(ServiceError::PullDeadlineExceeded {
-                reference: text,
-                deadline_ms,
-            })
-        })
+        let pulled = self
+            .pull_uncached(reference, credentials, platform, progress, deadline)
+            .await;
+        match (pulled, deadline) {
+            (Err(error), Some(deadline)) if deadline.passed() => {
+                tracing::warn!(reference = %text, deadline_ms = deadline.deadline_ms, %error, "pull deadline passed");
+                Err(deadline.exceeded(text))
+            }
+            (pulled, _) => pulled,
+        }
     }
 
     async fn pull_uncached(
@@ -228,6 +226,7 @@ impl ImageService {
         credentials: RegistryCredentials,
         platform: Platform,
         progress: Arc<PullProgress>,
+        deadline: Option<PullDeadline>,
     ) -> Result<Digest, ServiceError> {
         let lease_id = format!("pull-{}", uuid::Uuid::new_v4().simple());
         let now = crate::metadata::unix_millis_now();
@@ -245,7 +244,13 @@ impl ImageService {
             &self.metadata,
             &lease_id,
             self.settings.lease_duration_ms,
-            self.pull_under_lease(&reference, credentials, &platform, &lease_id, &progress),
+            self.pull_under_lease(
+                &reference,
+                credentials,
+                &platform,
+                (&lease_id, deadline),
+                &progress,
+            ),
         )
         .await;
         if pulled.is_err() {
@@ -287,7 +292,7 @@ impl ImageService {
         reference: &ImageReference,
         credentials: RegistryCredentials,
         platform: &Platform,
-        lease_id: &str,
+        (lease_id, deadline): (&str, Option<PullDeadline>),
         progress: &Arc<PullProgress>,
     ) -> Result<Digest, ServiceError> {
         let session = self.registry.session(reference, credentials)?;
@@ -295,21 +300,24 @@ impl ImageService {
             progress,
             download_slots: self.inflight.download_slots(),
         };
-        let fetched = resolve_image(
-            &session,
-            &self.content,
-            reference,
-            platform,
-            lease_id,
-            &self.settings.fetch,
-            progress,
+        let fetched = PullDeadline::stop_at(
+            deadline,
+            resolve_image(
+                &session,
+                &self.content,
+                reference,
+                platform,
+                lease_id,
+                &self.settings.fetch,
+                progress,
+            ),
         )
         .await;
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
                 self.record_transfer(reference, &session, 0);
-                return Err(error.into());
+                return Err(error);
             }
         };
         let chain = chain_ids(&fetched.config.diff_ids);
@@ -324,16 +332,28 @@ impl ImageService {
             .map(|layer| self.content.tap(&layer.digest))
             .collect();
         let readers: Vec<TapReader> = taps.iter().map(BlobTap::reader).collect();
-        let downloading = fetch_layers(
-            &session,
-            &self.content,
-            &fetched,
-            lease_id,
-            &self.settings.fetch,
-            shared,
-            taps,
+        // At the deadline the downloads are dropped, which ends their taps:
+        // an unpack waiting for bytes fails at once, the others at their
+        // next read, and their snapshots are cleaned up as for any failure.
+        let downloading = PullDeadline::stop_at(
+            deadline,
+            fetch_layers(
+                &session,
+                &self.content,
+                &fetched,
+                lease_id,
+                &self.settings.fetch,
+                shared,
+                taps,
+            ),
         );
-        let unpacking = self.unpack_all(&fetched, &chain, readers, lease_id, progress);
+        let unpacking = self.unpack_all(
+            &fetched,
+            &chain,
+            readers,
+            (lease_id, deadline.map(PullDeadline::std_instant)),
+            progress,
+        );
         let (downloaded, unpacked) = tokio::join!(downloading, unpacking);
         // Counted whether or not the fetch succeeded: a failed pull's bytes
         // crossed the network too.
@@ -442,7 +462,7 @@ impl ImageService {
         fetched: &ResolvedImage,
         chain: &[Digest],
         readers: Vec<TapReader>,
-        lease_id: &str,
+        (lease_id, deadline): (&str, Option<std::time::Instant>),
         progress: &Arc<PullProgress>,
     ) -> Result<Option<Digest>, ServiceError> {
         use futures_util::StreamExt;
@@ -485,16 +505,16 @@ impl ImageService {
             let blocking_span = span.clone();
             preparations.push(Box::pin(
                 async move {
-                    // Taken before the snapshot's chain lock, so the holder of
-                    // a chain lock always has its slot (no pull waits for a
-                    // slot while holding a lock another pull needs).
-                    let slot = extraction_slots.acquire_owned().await.ok();
                     let started = std::time::Instant::now();
                     let prepared = snapshots
                         .prepare(layer, &lease_id, move |directory| {
-                            // Runs only when the snapshot is not committed yet.
+                            // Runs only when the snapshot is not committed
+                            // yet, under its chain lock; the slot is taken
+                            // after the lock, once the blob has bytes.
                             progress.extraction_started(index);
+                            let slot = extraction_slots.claim();
                             blocking_span.in_scope(|| {
+                                let reader = UntilDeadline { reader, deadline };
                                 unpack_blob(reader, &media_type, directory, &options, slot)
                             })
                         })
@@ -595,26 +615,39 @@ pub enum LayerError {
 /// Unpacks one layer blob, read through its tap, into `directory`
 /// (blocking). Reads the blob to its end, which the tap gives only once the
 /// ingest has verified the whole blob, then makes the files durable.
-/// `extraction_slot` is given back before that last step: waiting for the
-/// disk takes no CPU, so another layer may unpack meanwhile.
+/// `extraction_slot` is held only while there are bytes to unpack: not
+/// before the download's first bytes, not while the unpack waits for more
+/// (see [`super::extraction_slots`]), and not for the last step, since
+/// waiting for the disk takes no CPU either.
 fn unpack_blob(
-    reader: TapReader,
+    mut reader: UntilDeadline<TapReader>,
     media_type: &str,
     directory: &std::path::Path,
     options: &UnpackOptions,
-    extraction_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    extraction_slot: ExtractionSlot,
 ) -> Result<UnpackedSize, LayerError> {
     let compression = layer_compression(media_type)
         .ok_or_else(|| LayerError::MediaType(media_type.to_owned()))?;
+    let slot = LayerSlot::new(extraction_slot);
+    reader.reader.set_wait_hook(slot.reader_hook());
+    // Nothing is allocated for the layer before its bytes are there and it
+    // has a slot.
+    reader
+        .reader
+        .wait_for_bytes()
+        .map_err(LayerError::BlobStream)?;
     let started = std::time::Instant::now();
     let mut reader = std::io::BufReader::with_capacity(1024 * 1024, reader);
-    let outcome = unpack_layer(&mut reader, compression, directory, options)?;
+    let outcome =
+        unpack_layer_with_input_wait(&mut reader, compression, directory, options, Some(&*slot))?;
     let unpacked = started.elapsed();
+    // The files are extracted: what is left is waiting for the blob's
+    // verification and the disk, neither of which needs the slot.
+    slot.give_back();
     // Bytes after the compressed stream's end are part of the blob too: wait
     // for its verification before the snapshot may be committed.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(LayerError::BlobStream)?;
-    reader.get_ref().drop_cached_pages();
-    drop(extraction_slot);
+    reader.get_ref().reader.drop_cached_pages();
     sync_filesystem_of(directory)?;
     // Where a layer's time goes: a slow sync means the disk (or other
     // layers' dirty pages it had to write too), a slow unpack the CPU.
@@ -627,4 +660,73 @@ fn unpack_blob(
         size_bytes: outcome.size_bytes,
         inodes: outcome.inodes,
     })
+}
+
+/// A pull's absolute deadline (`pull.deadline`), counted from its turn in
+/// the queue.
+#[derive(Clone, Copy, Debug)]
+struct PullDeadline {
+    at: tokio::time::Instant,
+    deadline_ms: u64,
+}
+
+impl PullDeadline {
+    fn from_now(deadline_ms: u64) -> PullDeadline {
+        PullDeadline {
+            at: tokio::time::Instant::now() + std::time::Duration::from_millis(deadline_ms),
+            deadline_ms,
+        }
+    }
+
+    fn passed(&self) -> bool {
+        tokio::time::Instant::now() >= self.at
+    }
+
+    fn std_instant(self) -> std::time::Instant {
+        self.at.into_std()
+    }
+
+    fn exceeded(&self, reference: String) -> ServiceError {
+        ServiceError::PullDeadlineExceeded {
+            reference,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+
+    /// `work` until `deadline`, where it is dropped. What the deadline error
+    /// names is filled in by [`ImageService::pull_within_deadline`].
+    async fn stop_at<T, E: Into<ServiceError>>(
+        deadline: Option<PullDeadline>,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ServiceError> {
+        let Some(deadline) = deadline else {
+            return work.await.map_err(Into::into);
+        };
+        match tokio::time::timeout_at(deadline.at, work).await {
+            Ok(done) => done.map_err(Into::into),
+            Err(_elapsed) => Err(deadline.exceeded(String::new())),
+        }
+    }
+}
+
+/// A layer's blob reader that fails once the pull's deadline has passed, so
+/// an unpack whose bytes are all there stops too, through its error path.
+struct UntilDeadline<R> {
+    reader: R,
+    deadline: Option<std::time::Instant>,
+}
+
+impl<R: std::io::Read> std::io::Read for UntilDeadline<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self
+            .deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the pull's deadline passed",
+            ));
+        }
+        self.reader.read(buffer)
+    }
 }

@@ -37,6 +37,7 @@
 mod confined_fs;
 mod decompress;
 mod read_ahead;
+pub use read_ahead::InputWaitHook;
 mod tar_entries;
 mod tar_stream;
 
@@ -248,6 +249,20 @@ pub fn unpack_layer(
     target_directory: &Path,
     options: &UnpackOptions,
 ) -> Result<UnpackOutcome, UnpackError> {
+    unpack_layer_with_input_wait(reader, compression, target_directory, options, None)
+}
+
+/// [`unpack_layer`], telling `input_wait` whenever the thread that creates
+/// the files has extracted everything decompressed so far and waits for more
+/// (the pull gives its extraction slot back when the blob's reader waits for
+/// the download too).
+pub fn unpack_layer_with_input_wait(
+    reader: impl Read + Send,
+    compression: LayerCompression,
+    target_directory: &Path,
+    options: &UnpackOptions,
+    input_wait: Option<&dyn InputWaitHook>,
+) -> Result<UnpackOutcome, UnpackError> {
     let algorithm = options
         .expected_diff_id
         .as_ref()
@@ -260,7 +275,7 @@ pub fn unpack_layer(
         options.uncompressed_bytes_max,
     );
     // Decompression and the diff id on one thread, the files on another.
-    let (extracted, hashing) = read_ahead::read_ahead(hashing, |tar_stream| {
+    let (extracted, hashing) = read_ahead::read_ahead(hashing, input_wait, |tar_stream| {
         tar_entries::extract_layer(tar_stream, root, options)
     });
     let counts = extracted?;

@@ -33,7 +33,13 @@ const CHUNKS_AHEAD: usize = 4;
 ///
 /// Should the thread not start (the process is out of threads), `source` is
 /// read on the calling thread instead: slower, but the same bytes.
-pub(super) fn read_ahead<S, T>(source: S, consume: impl FnOnce(&mut dyn BufRead) -> T) -> (T, S)
+/// `input_wait`, if given, is told whenever the consuming side has emptied
+/// every chunk and must wait for the decompressing side.
+pub(super) fn read_ahead<S, T>(
+    source: S,
+    input_wait: Option<&dyn InputWaitHook>,
+    consume: impl FnOnce(&mut dyn BufRead) -> T,
+) -> (T, S)
 where
     S: Read + Send,
 {
@@ -64,6 +70,7 @@ where
             current: None,
             position: 0,
             failed: false,
+            input_wait,
         };
         let consumed = consume(&mut reader);
         // A producer waiting for room sees the channel closed and stops.
@@ -131,17 +138,45 @@ fn fill_chunks<S: Read>(
     }
 }
 
+/// Told when the extracting side has nothing left to extract and waits for
+/// the decompressing side, and when it has a chunk (or the end) again.
+pub trait InputWaitHook: Sync {
+    fn input_wait_started(&self);
+    /// May block (to take an extraction slot back) before extraction goes on.
+    fn input_wait_ended(&self);
+}
+
 /// The extracting side: the chunks, in order, as a `BufRead`.
-struct ChunkReader {
+struct ChunkReader<'h> {
     filled: Receiver<io::Result<Chunk>>,
     emptied: SyncSender<Vec<u8>>,
     current: Option<Chunk>,
     position: usize,
     /// The stream failed: every later read fails too, never a clean end.
     failed: bool,
+    input_wait: Option<&'h dyn InputWaitHook>,
 }
 
-impl BufRead for ChunkReader {
+impl ChunkReader<'_> {
+    /// The next chunk, telling the hook if it has to wait for it.
+    fn next_chunk(&self) -> Result<io::Result<Chunk>, std::sync::mpsc::RecvError> {
+        let Some(hook) = self.input_wait else {
+            return self.filled.recv();
+        };
+        match self.filled.try_recv() {
+            Ok(received) => Ok(received),
+            Err(TryRecvError::Disconnected) => Err(std::sync::mpsc::RecvError),
+            Err(TryRecvError::Empty) => {
+                hook.input_wait_started();
+                let received = self.filled.recv();
+                hook.input_wait_ended();
+                received
+            }
+        }
+    }
+}
+
+impl BufRead for ChunkReader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self
             .current
@@ -155,7 +190,7 @@ impl BufRead for ChunkReader {
                 // Full only if the producer has stopped taking them back.
                 let _ = self.emptied.try_send(used.bytes);
             }
-            match self.filled.recv() {
+            match self.next_chunk() {
                 Ok(Ok(chunk)) => {
                     self.current = Some(chunk);
                     self.position = 0;
@@ -177,7 +212,7 @@ impl BufRead for ChunkReader {
     }
 }
 
-impl Read for ChunkReader {
+impl Read for ChunkReader<'_> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let available = self.fill_buf()?;
         let copied = available.len().min(buffer.len());
@@ -232,7 +267,7 @@ mod tests {
             step: 10_007,
             error: None,
         };
-        let (received, source) = read_ahead(source, |reader| {
+        let (received, source) = read_ahead(source, None, |reader| {
             let mut received = Vec::new();
             reader.read_to_end(&mut received).map(|_| received)
         });
@@ -255,7 +290,8 @@ mod tests {
             step: 1,
             error: None,
         };
-        let (received, _source) = read_ahead(source, |reader| reader.fill_buf().map(<[u8]>::len));
+        let (received, _source) =
+            read_ahead(source, None, |reader| reader.fill_buf().map(<[u8]>::len));
         assert_eq!(received.unwrap(), 0);
     }
 
@@ -268,7 +304,7 @@ mod tests {
             step: 4096,
             error: Some(io::ErrorKind::InvalidData),
         };
-        let (outcome, _source) = read_ahead(source, |reader| {
+        let (outcome, _source) = read_ahead(source, None, |reader| {
             let mut received = Vec::new();
             let error = reader.read_to_end(&mut received).unwrap_err();
             // Once failed, never a clean end of the stream.
@@ -291,7 +327,7 @@ mod tests {
             step: CHUNK_BYTES,
             error: None,
         };
-        let (first, source) = read_ahead(source, |reader| {
+        let (first, source) = read_ahead(source, None, |reader| {
             let mut first = [0u8; 10];
             reader.read_exact(&mut first).map(|()| first)
         });

@@ -16,6 +16,8 @@ pub struct DaemonProcess {
     pub log: PathBuf,
     /// Extra `serve` flags, given again on restart.
     pub arguments: Vec<String>,
+    /// Extra environment variables (`FAILPOINTS`), given again on restart.
+    pub environment: Vec<(String, String)>,
 }
 
 /// `cri-imaged serve` on the directories under `root`, its log appended to `log`.
@@ -24,6 +26,7 @@ fn spawn_daemon(
     socket: &std::path::Path,
     log: &std::path::Path,
     arguments: &[String],
+    environment: &[(String, String)],
 ) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -40,6 +43,7 @@ fn spawn_daemon(
         .arg(root.join("certs.d"))
         .args(arguments)
         .env("CRI_IMAGED_LOG", "info")
+        .envs(environment.iter().map(|(name, value)| (name, value)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -54,17 +58,31 @@ impl DaemonProcess {
 
     /// Like [`DaemonProcess::start`], with extra `serve` flags.
     pub fn start_with(extra_arguments: &[&str]) -> DaemonProcess {
+        Self::start_with_environment(extra_arguments, &[])
+    }
+
+    /// Like [`DaemonProcess::start_with`], with extra environment variables
+    /// (`FAILPOINTS` needs the `failpoints` feature).
+    pub fn start_with_environment(
+        extra_arguments: &[&str],
+        environment: &[(&str, &str)],
+    ) -> DaemonProcess {
         let root = tempfile::tempdir().unwrap();
         let socket = root.path().join("run/cri-imaged.sock");
         let log = root.path().join("daemon.log");
         let arguments: Vec<String> = extra_arguments.iter().map(ToString::to_string).collect();
-        let child = spawn_daemon(root.path(), &socket, &log, &arguments);
+        let environment: Vec<(String, String)> = environment
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let child = spawn_daemon(root.path(), &socket, &log, &arguments, &environment);
         let daemon = DaemonProcess {
             child,
             root,
             socket,
             log,
             arguments,
+            environment,
         };
         daemon.wait_until_listening();
         daemon
@@ -110,7 +128,13 @@ impl DaemonProcess {
     /// it first if it still runs), and waits until it listens.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn_daemon(self.root.path(), &self.socket, &self.log, &self.arguments);
+        self.child = spawn_daemon(
+            self.root.path(),
+            &self.socket,
+            &self.log,
+            &self.arguments,
+            &self.environment,
+        );
         self.wait_until_listening();
     }
 
