@@ -139,6 +139,8 @@ async fn second_pull_overtakes(config: &str) -> bool {
 /// How the second pull of [`pull_race`] went.
 struct PullRace {
     second_overtook: bool,
+    /// Read by the fail-point test only.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     second_took: Duration,
 }
 
