@@ -109,6 +109,134 @@ async fn version_and_status_answer_as_an_image_only_runtime() {
     );
 }
 
+/// Raw HTTP/2 frames for `grpc_core_style_requests_...`.
+mod raw_http2 {
+    pub const SETTINGS: u8 = 0x4;
+    pub const HEADERS: u8 = 0x1;
+    pub const DATA: u8 = 0x0;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const GOAWAY: u8 = 0x7;
+
+    pub fn frame(frame_type: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        bytes.extend_from_slice(&[frame_type, flags]);
+        bytes.extend_from_slice(&stream_id.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// A raw (not Huffman-coded) HPACK string of under 127 bytes.
+    pub fn string(value: &[u8]) -> Vec<u8> {
+        assert!(value.len() < 127);
+        [&[value.len() as u8][..], value].concat()
+    }
+}
+
+/// What gRPC C-core (Python grpcio, C++, Ruby, PHP) sends on a `unix:` target
+/// unless told otherwise: the socket path, percent-encoded, as `:authority`,
+/// added to the HPACK table and referred to by index in the next call. Both
+/// calls are answered (h2 would reset both streams with PROTOCOL_ERROR
+/// without the rewrite in `api/authority_rewrite`). Also pins what that
+/// rewrite assumes of our server's SETTINGS: no HPACK table above 4096 bytes.
+#[tokio::test]
+async fn grpc_core_style_requests_with_a_percent_encoded_authority_are_answered() {
+    use raw_http2::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let daemon = DaemonProcess::start();
+    let mut socket = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap();
+    let path = b"/runtime.v1.RuntimeService/Version";
+    // :method POST, :scheme http, :path and :authority with incremental
+    // indexing, content-type (static name 31) with incremental indexing, te.
+    let first_block = [
+        &[0x83, 0x86, 0x44][..],
+        &string(path),
+        &[0x41],
+        &string(b"run%2Fcri-imaged%2Fcri-imaged.sock"),
+        &[0x5f],
+        &string(b"application/grpc"),
+        &[0x00],
+        &string(b"te"),
+        &string(b"trailers"),
+    ]
+    .concat();
+    // The table is now content-type (62), :authority (63), :path (64).
+    let second_block = [
+        &[0x83, 0x86, 0xc0, 0xbf, 0xbe, 0x00][..],
+        &string(b"te"),
+        &string(b"trailers"),
+    ]
+    .concat();
+    // A VersionRequest { version: "v1" } behind the gRPC message prefix.
+    let message = [0, 0, 0, 0, 4, 0x0a, 0x02, b'v', b'1'];
+    let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    for frame_bytes in [
+        frame(SETTINGS, 0, 0, &[]),
+        frame(HEADERS, 0x4, 1, &first_block),
+        frame(DATA, 0x1, 1, &message),
+        frame(HEADERS, 0x4, 3, &second_block),
+        frame(DATA, 0x1, 3, &message),
+    ] {
+        sent.extend_from_slice(&frame_bytes);
+    }
+    socket.write_all(&sent).await.unwrap();
+
+    let mut answered = std::collections::BTreeMap::new();
+    let mut saw_settings = false;
+    let read_frames = async {
+        while answered.len() < 2 {
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await.unwrap();
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            let mut payload = vec![0u8; length];
+            socket.read_exact(&mut payload).await.unwrap();
+            match header[3] {
+                SETTINGS if header[4] & 0x1 == 0 => {
+                    saw_settings = true;
+                    for parameter in payload.chunks(6) {
+                        let identifier = u16::from_be_bytes([parameter[0], parameter[1]]);
+                        let value = u32::from_be_bytes([
+                            parameter[2],
+                            parameter[3],
+                            parameter[4],
+                            parameter[5],
+                        ]);
+                        // SETTINGS_HEADER_TABLE_SIZE: the rewrite's mirror
+                        // allows the protocol default and no more.
+                        assert!(identifier != 0x1 || value <= 4096, "{identifier} = {value}");
+                    }
+                    socket
+                        .write_all(&frame(SETTINGS, 0x1, 0, &[]))
+                        .await
+                        .unwrap();
+                }
+                RST_STREAM | GOAWAY => panic!(
+                    "stream {stream_id} refused: frame type {}, payload {payload:02x?}",
+                    header[3]
+                ),
+                DATA if length > 5 => {
+                    answered.insert(stream_id, payload);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read_frames)
+        .await
+        .expect("both calls answered");
+    assert!(saw_settings);
+    assert_eq!(answered.keys().copied().collect::<Vec<_>>(), [1, 3]);
+    for reply in answered.values() {
+        assert!(
+            reply.windows(10).any(|window| window == b"cri-imaged"),
+            "{reply:02x?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn pull_list_status_remove_and_fs_info_over_the_socket() {
     let registry = TestRegistry::start();

@@ -17,7 +17,8 @@
 //! - `content_store`: verified ingest, cleanup of bad blobs, resumption and
 //!   deduplication of downloads.
 //! - `cri_socket`: the real daemon over its unix socket with the generated CRI
-//!   clients: pull, list, status, remove, fs info, version, status, errors.
+//!   clients: pull, list, status, remove, fs info, version, status, errors;
+//!   and raw HTTP/2 frames carrying gRPC C-core's percent-encoded authority.
 //! - `pull_progress`: the admin PullWithProgress stream over the real daemon's
 //!   socket: event order, byte counts, joined pulls, reused layers, errors.
 //! - `config_file`: the real daemon started with `--config`: pinned patterns,

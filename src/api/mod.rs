@@ -5,6 +5,7 @@
 //! `request_observer` wraps every request: request id, `rpc` span, metrics.
 
 mod admin;
+mod authority_rewrite;
 pub mod client;
 pub mod codec;
 mod connection_io;
@@ -80,7 +81,7 @@ pub async fn serve(
     );
     let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
     let incoming = UnixListenerStream::new(listener)
-        .map(|accepted| accepted.map(connection_io::CoalescingUnixStream::new));
+        .map(|accepted| accepted.map(connection_io::AcceptedConnection::new));
     tonic::transport::Server::builder()
         .layer(observe)
         .add_service(images)

@@ -284,8 +284,8 @@ class Daemon:
         """A channel to the socket. By default it sends `:authority: localhost`
         as grpc-go (and so the kubelet and crictl) does for unix targets;
         `authority=None` keeps grpc-core's own choice, the percent-encoded
-        socket path, which the daemon rejects today (see
-        test_grpc_core_default_unix_authority_is_rejected_today)."""
+        socket path, which the daemon rewrites into a valid authority (see
+        test_grpc_core_default_unix_authority_is_accepted)."""
         # A unix socket is never proxied, but say so rather than rely on it.
         options = [("grpc.enable_http_proxy", 0)]
         if authority is not None:
@@ -608,20 +608,20 @@ def test_unimplemented_runtime_method_says_images_only(channel):
     assert "images only" in raised.value.details(), raised.value.details()
 
 
-def test_grpc_core_default_unix_authority_is_rejected_today(cri, daemon):
-    # FIXME: wire incompatibility with gRPC C-core clients (Python, C++, Ruby,
-    # PHP) that do not override the authority. For `unix:///a/b.sock` they
-    # send `:authority: a%2Fb.sock`; h2 (under tonic) rejects that as a
-    # malformed authority and resets the stream with PROTOCOL_ERROR, which the
-    # client reports as INTERNAL. grpc-go sends `localhost` and is unaffected,
-    # so the kubelet and crictl work. When the daemon accepts such requests,
-    # this call succeeds: make it assert the Version reply instead.
+def test_grpc_core_default_unix_authority_is_accepted(cri, daemon):
+    # gRPC C-core clients (Python, C++, Ruby, PHP) that do not override the
+    # authority send the percent-encoded socket path for `unix:///a/b.sock`
+    # (`:authority: a%2Fb.sock`), which h2 would reset as a malformed
+    # authority; the daemon rewrites it before h2 parses it
+    # (src/api/authority_rewrite). Two calls on one channel: the second
+    # refers to the authority through the HPACK dynamic table.
     with daemon.channel(authority=None) as channel:
         runtime = cri.grpc.RuntimeServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as raised:
-            runtime.Version(cri.pb.VersionRequest(version="v1"), timeout=RPC_TIMEOUT_S)
-    assert raised.value.code() == grpc.StatusCode.INTERNAL, raised.value
-    assert "RST_STREAM" in raised.value.details(), raised.value.details()
+        for _ in range(2):
+            response = runtime.Version(cri.pb.VersionRequest(version="v1"), timeout=RPC_TIMEOUT_S)
+            assert_no_unknown_fields(response)
+            assert response.runtime_name == "cri-imaged"
+            assert response.runtime_api_version == "v1"
 
 
 def test_pull_image_returns_the_config_digest(pulled, pushed_image):
