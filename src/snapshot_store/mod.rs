@@ -138,14 +138,22 @@ impl SnapshotStore {
         E: Send + 'static,
     {
         let lock = self.lock_for(&layer.chain_id).lock_owned().await;
-        // The attach checks the record again: gc may have removed it since the
-        // read, and the layer is then unpacked again.
+        // The attach checks the record again, in its transaction: gc may have
+        // removed it since the read, and the layer is then unpacked again.
+        // Only a committed record is attached; under the chain lock no other
+        // pull writes this record, but the check does not rest on that.
         if self.committed(&layer.chain_id)?.is_some()
             && self.metadata.write(|txn| {
-                txn.attach_existing_to_lease(
-                    lease_id,
-                    &LeaseResource::Snapshot(layer.chain_id.clone()),
-                )
+                let still_committed = txn
+                    .snapshot(&layer.chain_id)?
+                    .is_some_and(|snapshot| snapshot.state == SnapshotState::Committed);
+                if still_committed {
+                    txn.attach_to_lease(
+                        lease_id,
+                        &LeaseResource::Snapshot(layer.chain_id.clone()),
+                    )?;
+                }
+                Ok(still_committed)
             })?
         {
             return Ok(PreparedSnapshot {
