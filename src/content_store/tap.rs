@@ -497,14 +497,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_wait_hook_is_told_around_each_wait_and_not_while_bytes_are_there() {
+    /// A tap on `digest()` and a reader of it whose hook records its events.
+    fn reader_with_recording_hook() -> (
+        Arc<BlobTaps>,
+        BlobTap,
+        TapReader,
+        Arc<Mutex<Vec<&'static str>>>,
+    ) {
         let taps = Arc::new(BlobTaps::default());
         let tap = taps.open(&digest());
         let mut reader = tap.reader();
         let hook = RecordingHook::default();
         let events = hook.events.clone();
         reader.set_wait_hook(Box::new(hook));
+        (taps, tap, reader, events)
+    }
+
+    #[test]
+    fn the_wait_hook_is_told_around_each_wait_and_not_while_bytes_are_there() {
+        let (taps, _tap, mut reader, events) = reader_with_recording_hook();
         let directory = tempfile::tempdir().unwrap();
         let mut file = read_write_file(&directory.path().join("blob"));
         file.write_all(b"abcd").unwrap();
@@ -540,12 +551,7 @@ mod tests {
 
     #[test]
     fn a_failed_tap_ends_the_wait_without_telling_the_hook() {
-        let taps = Arc::new(BlobTaps::default());
-        let tap = taps.open(&digest());
-        let mut reader = tap.reader();
-        let hook = RecordingHook::default();
-        let events = hook.events.clone();
-        reader.set_wait_hook(Box::new(hook));
+        let (_taps, tap, mut reader, events) = reader_with_recording_hook();
         let reading = std::thread::spawn(move || reader.wait_for_bytes());
         std::thread::sleep(std::time::Duration::from_millis(20));
         tap.fail("registry went away");

@@ -340,4 +340,63 @@ mod tests {
             source.position
         );
     }
+
+    /// Counts the waits it is told of, and checks they pair up.
+    #[derive(Default)]
+    struct CountingHook {
+        started: std::sync::atomic::AtomicUsize,
+        ended: std::sync::atomic::AtomicUsize,
+    }
+
+    impl InputWaitHook for CountingHook {
+        fn input_wait_started(&self) {
+            let started = self
+                .started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                started,
+                self.ended.load(std::sync::atomic::Ordering::SeqCst),
+                "a wait starts only after the last one ended"
+            );
+        }
+
+        fn input_wait_ended(&self) {
+            self.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A source that sleeps before each read, as a download does between
+    /// packets.
+    struct SlowSource(SteppedSource);
+
+    impl Read for SlowSource {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.0.read(buffer)
+        }
+    }
+
+    #[test]
+    fn the_extractor_tells_the_hook_when_it_waits_for_the_decompressor() {
+        let bytes = patterned(CHUNK_BYTES * 3 + 1);
+        let source = SlowSource(SteppedSource {
+            bytes: bytes.clone(),
+            position: 0,
+            // Each chunk takes tens of reads: the extractor outruns them.
+            step: CHUNK_BYTES / 16,
+            error: None,
+        });
+        let hook = CountingHook::default();
+        let (received, _source) = read_ahead(source, Some(&hook), |reader| {
+            let mut received = Vec::new();
+            reader.read_to_end(&mut received).map(|_| received)
+        });
+        assert!(received.unwrap() == bytes);
+        let started = hook.started.load(std::sync::atomic::Ordering::SeqCst);
+        let ended = hook.ended.load(std::sync::atomic::Ordering::SeqCst);
+        // One wait for each of the 4 chunks and for the end, give or take
+        // the first chunk, which may already be there.
+        assert!(started >= 4, "{started} waits");
+        assert_eq!(started, ended, "every wait ended");
+    }
 }
