@@ -584,6 +584,38 @@ fn the_cached_listing_is_patched_with_state_changes_and_moved_names_and_rebuilt_
 }
 
 #[test]
+fn a_listing_patched_image_by_image_stays_exact_through_its_compactions() {
+    // Past a quarter of its length in patched images, the cached listing is
+    // copied whole (for memory locality); every listing in between, and
+    // after, must still be exactly the store's.
+    let (_dir, store) = open_fresh();
+    for number in 1..=8 {
+        add_image(&store, number, &[]);
+    }
+    assert_eq!(store.list_images().unwrap().len(), 8, "now cached");
+    for number in 9..=40 {
+        let name = format!("app:v{number}");
+        add_image(&store, number, &[name.as_str()]);
+        // Images 6, 11, 16, ... are removed below; the others change state.
+        if number % 3 == 0 && (number - 7) % 5 != 1 {
+            let (earlier, _) = ready_image(number - 7);
+            store
+                .write(|txn| txn.set_image_state(earlier.id(), ImageState::GcPending))
+                .unwrap();
+        }
+        if number % 5 == 0 {
+            let (earlier, _) = ready_image(number - 4);
+            store.write(|txn| txn.remove_image(earlier.id())).unwrap();
+        }
+        assert_eq!(
+            *store.list_images().unwrap(),
+            store.read().unwrap().list_images().unwrap(),
+            "after image {number}"
+        );
+    }
+}
+
+#[test]
 fn a_database_with_flipped_bytes_is_refused_and_left_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metadata.redb");
