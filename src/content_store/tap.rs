@@ -225,12 +225,6 @@ impl TapReader {
         self.waiting = true;
     }
 
-    /// Drops the hook (which gives back whatever it holds).
-    pub fn clear_wait_hook(&mut self) {
-        self.wait_hook = None;
-        self.waiting = false;
-    }
-
     /// Blocks until the blob has bytes past the position or has ended (the
     /// hook's first `wait_ended` comes here). Lets the unpacker wait for a
     /// download that has not started without allocating anything.

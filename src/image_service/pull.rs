@@ -302,6 +302,7 @@ impl ImageService {
         };
         let fetched = PullDeadline::stop_at(
             deadline,
+            reference,
             resolve_image(
                 &session,
                 &self.content,
@@ -337,6 +338,7 @@ impl ImageService {
         // next read, and their snapshots are cleaned up as for any failure.
         let downloading = PullDeadline::stop_at(
             deadline,
+            reference,
             fetch_layers(
                 &session,
                 &self.content,
@@ -693,10 +695,11 @@ impl PullDeadline {
         }
     }
 
-    /// `work` until `deadline`, where it is dropped. What the deadline error
-    /// names is filled in by [`ImageService::pull_within_deadline`].
+    /// `work` until `deadline`, where it is dropped and the pull of
+    /// `reference` fails with the deadline error.
     async fn stop_at<T, E: Into<ServiceError>>(
         deadline: Option<PullDeadline>,
+        reference: &ImageReference,
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, ServiceError> {
         let Some(deadline) = deadline else {
@@ -704,7 +707,7 @@ impl PullDeadline {
         };
         match tokio::time::timeout_at(deadline.at, work).await {
             Ok(done) => done.map_err(Into::into),
-            Err(_elapsed) => Err(deadline.exceeded(String::new())),
+            Err(_elapsed) => Err(deadline.exceeded(reference.to_string())),
         }
     }
 }
