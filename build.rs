@@ -19,6 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .skip_debug([".runtime.v1.AuthConfig"])
+        // Written by hand (src/api/list_images_response.rs): the daemon sends
+        // a listing it encoded earlier as it is.
+        .extern_path(
+            ".runtime.v1.ListImagesResponse",
+            "crate::api::list_images_response::ListImagesResponse",
+        )
         .compile_fds(descriptors)?;
 
     // The encoded descriptor set, options kept (prost-types drops debug_redact),

@@ -732,3 +732,93 @@ async fn sigterm_during_a_pull_lets_it_finish_then_exits_zero() {
         "the socket is removed on a clean exit"
     );
 }
+
+/// The daemon answers an unfiltered ListImages with an answer it encoded
+/// earlier, until an image or a name changes: every change must show in the
+/// very next listing, and a filtered listing must not be served from it.
+#[tokio::test]
+async fn every_listing_shows_the_changes_made_before_it() {
+    let registry = TestRegistry::start();
+    let first = app_image("1000");
+    let second = app_image("2000");
+    let pusher = Pusher::new(&registry);
+    pusher.push_image("team/first", &first, "v1").unwrap();
+    pusher.push_image("team/first", &first, "v2").unwrap();
+    pusher.push_image("team/second", &second, "v1").unwrap();
+    let daemon = DaemonProcess::start();
+    let mut images = images_of(&daemon).await;
+    let host = registry.host();
+
+    async fn listing(
+        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+        filter: Option<&str>,
+    ) -> Vec<(String, Vec<String>)> {
+        let filter = filter.map(|image| cri::ImageFilter { image: spec(image) });
+        let mut listed: Vec<_> = images
+            .list_images(cri::ListImagesRequest { filter })
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|image| (image.id, image.repo_tags))
+            .collect();
+        listed.sort();
+        listed
+    }
+    async fn pull(
+        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+        reference: &str,
+    ) {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec(reference),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(listing(&mut images, None).await, vec![]);
+    pull(&mut images, &format!("{host}/team/first:v1")).await;
+    let first_v1 = (
+        first.config_digest.clone(),
+        vec![format!("{host}/team/first:v1")],
+    );
+    assert_eq!(listing(&mut images, None).await, vec![first_v1.clone()]);
+    assert_eq!(listing(&mut images, None).await, vec![first_v1.clone()]);
+
+    // A second name for the same image changes only names.
+    pull(&mut images, &format!("{host}/team/first:v2")).await;
+    let first_both = (
+        first.config_digest.clone(),
+        vec![
+            format!("{host}/team/first:v1"),
+            format!("{host}/team/first:v2"),
+        ],
+    );
+    assert_eq!(listing(&mut images, None).await, vec![first_both.clone()]);
+
+    pull(&mut images, &format!("{host}/team/second:v1")).await;
+    let second_v1 = (
+        second.config_digest.clone(),
+        vec![format!("{host}/team/second:v1")],
+    );
+    let mut both = vec![first_both.clone(), second_v1.clone()];
+    both.sort();
+    assert_eq!(listing(&mut images, None).await, both);
+    // A filter is answered for itself, between unfiltered listings.
+    assert_eq!(
+        listing(&mut images, Some(&format!("{host}/team/second:v1"))).await,
+        vec![second_v1.clone()]
+    );
+    assert_eq!(listing(&mut images, None).await, both);
+
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&first.config_digest),
+        })
+        .await
+        .unwrap();
+    assert_eq!(listing(&mut images, None).await, vec![second_v1]);
+}

@@ -533,3 +533,90 @@ fn generated_services_exist() {
         tonic::transport::Channel,
     >::new;
 }
+
+/// `ListImagesResponse` is written by hand (it can carry images encoded
+/// earlier): its bytes must decode, by the descriptor alone, as the upstream
+/// message with every image in order, whichever way the images were given.
+#[test]
+fn hand_written_list_images_response_is_the_upstream_message_on_the_wire() {
+    let image = |number: u32| cri::Image {
+        id: format!("sha256:{number:064x}"),
+        repo_tags: vec![format!("example.com/app:{number}")],
+        repo_digests: vec![format!("example.com/app@sha256:{number:064x}")],
+        size: 1000 + u64::from(number),
+        uid: number.is_multiple_of(2).then_some(cri::Int64Value {
+            value: i64::from(number),
+        }),
+        username: if !number.is_multiple_of(2) {
+            "nobody".into()
+        } else {
+            String::new()
+        },
+        spec: Some(cri::ImageSpec {
+            image: format!("sha256:{number:064x}"),
+            annotations: [("index".to_owned(), number.to_string())].into(),
+            ..Default::default()
+        }),
+        pinned: number == 3,
+    };
+    let all: Vec<cri::Image> = (0..5).map(image).collect();
+    let response = cri::ListImagesResponse {
+        images: all[..2].to_vec(),
+        encoded_images: cri::ListImagesResponse::encode_images(all[2..].to_vec()),
+    };
+    let bytes = response.encode_to_vec();
+    assert_eq!(bytes.len(), response.encoded_len());
+
+    // Our decoder: every image, in order, in `images`.
+    let decoded = cri::ListImagesResponse::decode(&bytes[..]).unwrap();
+    assert_eq!(decoded.images, all);
+    assert!(decoded.encoded_images.is_empty());
+    // The same bytes as when every image is given decoded.
+    let plain = cri::ListImagesResponse {
+        images: all.clone(),
+        ..Default::default()
+    };
+    assert_eq!(plain.encode_to_vec(), bytes);
+
+    // The descriptor's view, independent of our code.
+    let pool =
+        prost_reflect::DescriptorPool::decode(cri_imaged::api::proto::DESCRIPTOR_SET).unwrap();
+    let descriptor = pool
+        .get_message_by_name("runtime.v1.ListImagesResponse")
+        .unwrap();
+    let dynamic = prost_reflect::DynamicMessage::decode(descriptor, &bytes[..]).unwrap();
+    let images = dynamic.get_field_by_name("images").unwrap();
+    let images = images.as_list().unwrap();
+    assert_eq!(images.len(), all.len());
+    for (listed, expected) in images.iter().zip(&all) {
+        let listed = listed.as_message().unwrap();
+        assert_eq!(
+            listed.get_field_by_name("id").unwrap().as_str(),
+            Some(expected.id.as_str())
+        );
+        assert_eq!(
+            listed.get_field_by_name("size").unwrap().as_u64(),
+            Some(expected.size)
+        );
+        assert_eq!(
+            listed.get_field_by_name("pinned").unwrap().as_bool(),
+            Some(expected.pinned)
+        );
+    }
+
+    // An unknown field (a newer upstream) is skipped, not an error.
+    let mut with_unknown = bytes.clone();
+    with_unknown.extend_from_slice(&[0x10, 0x07]); // field 2, varint 7
+    assert_eq!(
+        cri::ListImagesResponse::decode(&with_unknown[..])
+            .unwrap()
+            .images,
+        all
+    );
+    // A truncated answer is an error naming the field.
+    let error = cri::ListImagesResponse::decode(&bytes[..bytes.len() - 3]).unwrap_err();
+    assert!(
+        error.to_string().contains("ListImagesResponse.images"),
+        "{error}"
+    );
+}

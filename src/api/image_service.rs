@@ -3,23 +3,29 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::convert;
 use crate::api::proto::runtime::v1 as cri;
 use crate::api::status::to_status;
-use crate::image_service::{ImageService, PullRequest};
+use crate::image_service::{ImageService, ListingMemo, PullRequest};
 
 /// Images per `StreamImagesResponse`, well under gRPC's message size limits.
 const STREAM_IMAGES_BATCH: usize = 256;
 
 pub struct CriImageService {
     service: Arc<ImageService>,
+    /// The unfiltered answer, encoded, until an image or a name changes.
+    encoded_listing: ListingMemo<Bytes>,
 }
 
 impl CriImageService {
     pub fn new(service: Arc<ImageService>) -> CriImageService {
-        CriImageService { service }
+        CriImageService {
+            service,
+            encoded_listing: ListingMemo::new(),
+        }
     }
 }
 
@@ -39,14 +45,32 @@ impl cri::image_service_server::ImageService for CriImageService {
             .into_inner()
             .filter
             .and_then(|filter| filter.image)
-            .map(|spec| spec.image);
-        let images = self
-            .service
-            .list_images(filter.as_deref())
-            .map_err(|error| to_status(&error))?;
-        Ok(tonic::Response::new(cri::ListImagesResponse {
-            images: images.into_iter().map(convert::into_image).collect(),
-        }))
+            .map(|spec| spec.image)
+            .filter(|image| !image.is_empty());
+        let response = match filter {
+            Some(image) => cri::ListImagesResponse {
+                images: self
+                    .service
+                    .list_images(Some(&image))
+                    .map_err(|error| to_status(&error))?
+                    .into_iter()
+                    .map(convert::into_image)
+                    .collect(),
+                encoded_images: Bytes::new(),
+            },
+            None => cri::ListImagesResponse {
+                images: Vec::new(),
+                encoded_images: self
+                    .service
+                    .render_ready_images(&self.encoded_listing, |views| {
+                        cri::ListImagesResponse::encode_images(
+                            views.into_iter().map(convert::into_image).collect(),
+                        )
+                    })
+                    .map_err(|error| to_status(&error))?,
+            },
+        };
+        Ok(tonic::Response::new(response))
     }
 
     type StreamImagesStream = ReceiverStream<Result<cri::StreamImagesResponse, tonic::Status>>;

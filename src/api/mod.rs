@@ -11,6 +11,7 @@ pub mod codec;
 mod connection_io;
 mod convert;
 mod image_service;
+mod list_images_response;
 pub mod proto;
 mod request_observer;
 mod runtime_service;

@@ -6,6 +6,8 @@ pub mod runtime {
     pub mod v1 {
         tonic::include_proto!("runtime.v1");
 
+        pub use crate::api::list_images_response::ListImagesResponse;
+
         /// Written by hand: the four `[debug_redact = true]` fields are masked.
         impl std::fmt::Debug for AuthConfig {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -14,6 +14,7 @@
 mod extraction_slots;
 pub mod fetch;
 mod inflight_pulls;
+mod listing_memo;
 mod lookup;
 pub mod mount;
 pub mod pull;
@@ -33,6 +34,7 @@ use crate::registry::{RegistryClient, RegistryError};
 use crate::snapshot_store::{SnapshotError, SnapshotStore};
 
 pub use inflight_pulls::PullLimits;
+pub use listing_memo::ListingMemo;
 pub use lookup::ImageSelector;
 pub use pull::{PullRequest, PullSettings, StartedPull};
 
@@ -228,11 +230,28 @@ impl ImageService {
             return Ok(self.image_status(filter)?.into_iter().collect());
         }
         let listing = self.metadata.list_images()?;
-        Ok(listing
+        Ok(self.ready_views(&listing))
+    }
+
+    /// Every ready image as `render` makes them into an answer, from `memo`
+    /// unless an image or a name changed since it last rendered.
+    pub fn render_ready_images<T: Clone>(
+        &self,
+        memo: &ListingMemo<T>,
+        render: impl FnOnce(Vec<ImageView>) -> T,
+    ) -> Result<T, ServiceError> {
+        let listing = self.metadata.list_images()?;
+        memo.get_or_render(&listing, |images| {
+            Ok::<_, ServiceError>(render(self.ready_views(images)))
+        })
+    }
+
+    fn ready_views(&self, listing: &[NamedImage]) -> Vec<ImageView> {
+        listing
             .iter()
             .filter(|named| named.image.state == ImageState::Ready)
             .map(|named| self.view(named))
-            .collect())
+            .collect()
     }
 
     /// The ready image `image` names, if any (absence is not an error).
