@@ -44,9 +44,6 @@ use crate::metadata::{ConsistencyProblem, MetadataError, MetadataStore, check_co
 pub struct GcSettings {
     /// A pass runs this long after the last pass even if nothing asked for one.
     pub schedule_interval_ms: u64,
-    /// After an image is removed, the worker waits this long before its pass,
-    /// so that a burst of removals costs one pass.
-    pub after_removal_delay_ms: u64,
     /// How often the worker re-reads the leases to learn of a new earliest
     /// expiry (a lease taken after it last looked).
     pub lease_check_interval_ms: u64,
@@ -56,7 +53,6 @@ impl Default for GcSettings {
     fn default() -> Self {
         GcSettings {
             schedule_interval_ms: 60 * 60 * 1000,
-            after_removal_delay_ms: 10,
             lease_check_interval_ms: 60 * 1000,
         }
     }
@@ -248,8 +244,8 @@ impl GarbageCollector {
         &self.settings
     }
 
-    /// Asks the background worker for a pass soon (after
-    /// `after_removal_delay_ms`); returns at once.
+    /// Asks the background worker for a pass now (after any pass in
+    /// progress); returns at once.
     pub fn request_pass(&self) {
         self.pass_requested.store(true, Ordering::SeqCst);
         self.wake.notify_one();

@@ -616,14 +616,10 @@ async fn a_live_pull_keeps_its_lease_past_the_lease_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_runs_a_pass_soon_after_a_request() {
     let fixture = Fixture::new();
-    let settings = GcSettings {
-        after_removal_delay_ms: 20,
-        ..GcSettings::default()
-    };
     let collector = Arc::new(GarbageCollector::new(
         fixture.metadata.clone(),
         GcPaths::under_root(&fixture.root),
-        settings,
+        GcSettings::default(),
     ));
     let orphan = digest(0x0b, 1);
     fixture.blob(&orphan, 10, &[]);
@@ -948,4 +944,65 @@ fn a_snapshot_replacing_its_stale_directory_during_the_file_phase_keeps_it() {
     );
     assert_eq!(report.unknown_files_removed, 0, "{report:?}");
     assert_eq!(report.snapshots_removed, 0, "{report:?}");
+}
+
+/// A removal while a pass runs (the kubelet removing images one call after
+/// another) must get a pass after it: the pass running may have decided
+/// before the removal committed. The fail point holds the first pass in its
+/// file phase until the request is made.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_pass_requested_while_one_runs_gets_a_pass_after_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    // Only passes on this runtime's threads act in the callback: other tests
+    // running at the same time pass through the same fail point.
+    const THREAD_NAME: &str = "gc-pass-requested-test";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(THREAD_NAME)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fixture = Fixture::new();
+    let passes = Arc::new(AtomicUsize::new(0));
+    let (in_pass, first_pass_started) = mpsc::channel::<()>();
+    let (request_made, wait_for_request) = mpsc::channel::<()>();
+    let wait_for_request = std::sync::Mutex::new(wait_for_request);
+    let counted = passes.clone();
+    fail::cfg_callback("gc::file_phase::decided", move || {
+        if std::thread::current().name() != Some(THREAD_NAME) {
+            return;
+        }
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            in_pass.send(()).unwrap();
+            wait_for_request.lock().unwrap().recv().unwrap();
+        }
+    })
+    .unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = {
+        let _entered = runtime.enter();
+        super::worker::spawn_worker(fixture.collector.clone(), stopped)
+    };
+    fixture.collector.request_pass();
+    first_pass_started
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the request started no pass");
+    fixture.collector.request_pass();
+    request_made.send(()).unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while passes.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pass after the one the request arrived during"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fail::remove("gc::file_phase::decided");
+    stop.send(true).unwrap();
+    runtime.block_on(worker).unwrap();
 }

@@ -1,8 +1,7 @@
-//! The background gc task: runs a pass soon after an image is removed (bursts
-//! coalesce into one pass), every `schedule_interval_ms`, and when the
-//! earliest lease expires (for example the grace lease startup
-//! reconciliation takes), until shutdown. It stops only between passes: a
-//! pass in progress finishes first.
+//! The background gc task: runs a pass as soon as an image is removed, every
+//! `schedule_interval_ms`, and when the earliest lease expires (for example
+//! the grace lease startup reconciliation takes), until shutdown. It stops
+//! only between passes: a pass in progress finishes first.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,10 +57,6 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
                     // A permit left by a request that an earlier pass answered.
                     continue;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(settings.after_removal_delay_ms)) => {}
-                    _ = shutdown.changed() => return,
-                }
                 PassTrigger::ImageRemoved
             }
             () = tokio::time::sleep_until(timer) => {
@@ -75,6 +70,9 @@ async fn run(collector: Arc<GarbageCollector>, mut shutdown: tokio::sync::watch:
             }
         };
         // Cleared before the pass: a removal during the pass asks for another.
+        // That is how a burst of removals (the kubelet's image gc removes one
+        // image per call) coalesces: the first starts a pass at once, and
+        // every one that lands while it runs is reclaimed by the next.
         collector.pass_requested.store(false, Ordering::SeqCst);
         // The pass logs its own outcome.
         let _ = collector.collect_now(trigger).await;
