@@ -5,6 +5,8 @@
 //!
 //! - `fetch`: the content half of a pull (resolve, platform choice, verified
 //!   blobs into the content store).
+//! - `listing_memo`: an answer made from the listing of every image (the
+//!   encoded ListImages answer), kept until an image or a name changes.
 //! - `lookup`: what a CRI `ImageSpec.image` names (a name, an id, an id prefix).
 //! - `pull_progress`: the live per-layer progress table of one pull.
 //! - `pull_result`: the metrics' `result` label of a failed pull, from the
