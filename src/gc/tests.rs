@@ -616,11 +616,7 @@ async fn a_live_pull_keeps_its_lease_past_the_lease_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_runs_a_pass_soon_after_a_request() {
     let fixture = Fixture::new();
-    let collector = Arc::new(GarbageCollector::new(
-        fixture.metadata.clone(),
-        GcPaths::under_root(&fixture.root),
-        GcSettings::default(),
-    ));
+    let collector = fixture.collector.clone();
     let orphan = digest(0x0b, 1);
     fixture.blob(&orphan, 10, &[]);
     let (stop, stopped) = tokio::sync::watch::channel(false);
