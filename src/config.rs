@@ -57,6 +57,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub gc: FileGc,
     #[serde(default)]
+    pub snapshots: FileSnapshots,
+    #[serde(default)]
     pub log: FileLog,
     /// Where to serve `/metrics`: `HOST:PORT` or an absolute unix socket path.
     pub metrics_address: Option<String>,
@@ -93,6 +95,13 @@ pub struct FileShutdown {
 pub struct FileGc {
     pub interval: Option<String>,
     pub reconcile_grace_period: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSnapshots {
+    pub sync_delay: Option<String>,
+    pub kernel_boot_id_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -143,6 +152,12 @@ pub struct Config {
     pub gc_interval_ms: u64,
     /// How long what interrupted pulls stored stays protected after a restart.
     pub gc_reconcile_grace_period_ms: u64,
+    /// How long the background sync of committed snapshots waits after a
+    /// commit for more to gather.
+    pub snapshot_sync_delay_ms: u64,
+    /// Where the kernel boot id is read: it tells a restart of the daemon
+    /// (page cache intact) from a reboot (unsynced snapshots distrusted).
+    pub kernel_boot_id_file: PathBuf,
     pub log_format: LogFormat,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: String,
@@ -158,6 +173,7 @@ pub const DEFAULT_MIN_THROUGHPUT_WINDOW_MS: u64 = 30 * 1000;
 pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_MS: u64 = 30 * 1000;
 pub const DEFAULT_GC_INTERVAL_MS: u64 = 60 * 60 * 1000;
 pub const DEFAULT_GC_RECONCILE_GRACE_PERIOD_MS: u64 = 10 * 60 * 1000;
+pub const DEFAULT_SNAPSHOT_SYNC_DELAY_MS: u64 = 0;
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
@@ -314,6 +330,20 @@ impl Config {
             Some(text) => duration_ms("gc.reconcile_grace_period", text)?,
             None => DEFAULT_GC_RECONCILE_GRACE_PERIOD_MS,
         };
+        let snapshot_sync_delay_ms = match &file.snapshots.sync_delay {
+            Some(text) => duration_ms("snapshots.sync_delay", text)?,
+            None => DEFAULT_SNAPSHOT_SYNC_DELAY_MS,
+        };
+        let kernel_boot_id_file = match &file.snapshots.kernel_boot_id_file {
+            Some(path) if !path.is_absolute() => {
+                return Err(ConfigError::RelativePath {
+                    key: "snapshots.kernel_boot_id_file",
+                    path: path.clone(),
+                });
+            }
+            Some(path) => path.clone(),
+            None => PathBuf::from(crate::snapshot_store::sync::KERNEL_BOOT_ID_PATH),
+        };
         let log_format = match (raw.log_format, file.log.format.as_deref()) {
             (Some(format), _) => format,
             (None, None | Some("text")) => LogFormat::Text,
@@ -354,6 +384,8 @@ impl Config {
             shutdown_grace_period_ms,
             gc_interval_ms,
             gc_reconcile_grace_period_ms,
+            snapshot_sync_delay_ms,
+            kernel_boot_id_file,
             log_format,
             log_level,
             metrics_address,
@@ -678,6 +710,11 @@ mod tests {
         assert_eq!(config.shutdown_grace_period_ms, 30_000);
         assert_eq!(config.gc_interval_ms, 3_600_000);
         assert_eq!(config.gc_reconcile_grace_period_ms, 600_000);
+        assert_eq!(config.snapshot_sync_delay_ms, 0);
+        assert_eq!(
+            config.kernel_boot_id_file,
+            PathBuf::from("/proc/sys/kernel/random/boot_id")
+        );
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
     }
@@ -771,6 +808,9 @@ mod tests {
             [gc]
             interval = "15m"
             reconcile_grace_period = "0s"
+            [snapshots]
+            sync_delay = "250ms"
+            kernel_boot_id_file = "/run/boot-id"
             [log]
             format = "json"
             level = "debug"
@@ -809,6 +849,8 @@ mod tests {
         assert_eq!(config.shutdown_grace_period_ms, 5_000);
         assert_eq!(config.gc_interval_ms, 900_000);
         assert_eq!(config.gc_reconcile_grace_period_ms, 0);
+        assert_eq!(config.snapshot_sync_delay_ms, 250);
+        assert_eq!(config.kernel_boot_id_file, PathBuf::from("/run/boot-id"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.log_level, "debug");
     }
@@ -916,6 +958,14 @@ mod tests {
             (
                 "[gc]\nreconcile_grace_period = \"10\"",
                 "config key gc.reconcile_grace_period: invalid value \"10\"",
+            ),
+            (
+                "[snapshots]\nsync_delay = \"later\"",
+                "config key snapshots.sync_delay: invalid value \"later\"",
+            ),
+            (
+                "[snapshots]\nkernel_boot_id_file = \"boot_id\"",
+                "snapshots.kernel_boot_id_file must be an absolute path",
             ),
             (
                 "[log]\nformat = \"xml\"",

@@ -64,6 +64,7 @@ pub struct Daemon {
     pub boot_id: String,
     service: Arc<ImageService>,
     gc: Arc<GarbageCollector>,
+    snapshots: Arc<SnapshotStore>,
     listener: tokio::net::UnixListener,
     metrics: Arc<Metrics>,
     metrics_listener: Option<MetricsListener>,
@@ -96,9 +97,10 @@ impl Daemon {
             metadata.clone(),
             ContentLimits::default(),
         )?);
-        let snapshots = Arc::new(SnapshotStore::open(
+        let snapshots = Arc::new(SnapshotStore::open_for_kernel_boot(
             config.snapshots_directory(),
             metadata.clone(),
+            crate::snapshot_store::sync::kernel_boot_id(&config.kernel_boot_id_file),
         )?);
         let reconciled = crate::reconcile::reconcile(
             &metadata,
@@ -155,7 +157,7 @@ impl Daemon {
             gc: gc.clone(),
             metadata,
             content,
-            snapshots,
+            snapshots: snapshots.clone(),
             registry,
             pinned: PinnedImages::new(config.pinned_images.clone()),
             settings,
@@ -179,6 +181,7 @@ impl Daemon {
             boot_id,
             service,
             gc,
+            snapshots,
             listener,
             metrics,
             metrics_listener,
@@ -201,6 +204,12 @@ impl Daemon {
         });
         let (stop_gc, gc_stopped) = tokio::sync::watch::channel(false);
         let gc_worker = crate::gc::worker::spawn_worker(self.gc, gc_stopped);
+        let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
+        let sync_worker = crate::snapshot_store::sync::spawn_sync_worker(
+            self.snapshots,
+            std::time::Duration::from_millis(self.config.snapshot_sync_delay_ms),
+            sync_stopped,
+        );
         let grace_period = std::time::Duration::from_millis(self.config.shutdown_grace_period_ms);
         let (shutdown_started, mut shutdown_seen) = tokio::sync::watch::channel(false);
         let boot_id = self.boot_id.clone();
@@ -256,6 +265,11 @@ impl Daemon {
         let _ = stop_gc.send(true);
         if let Err(error) = gc_worker.await {
             tracing::warn!(%error, "the gc worker failed");
+        }
+        // Last, after every pull ended: its final sync leaves nothing unsynced.
+        let _ = stop_sync.send(true);
+        if let Err(error) = sync_worker.await {
+            tracing::warn!(%error, "the snapshot sync worker failed");
         }
         if let Err(error) = std::fs::remove_file(&socket)
             && error.kind() != std::io::ErrorKind::NotFound

@@ -356,6 +356,10 @@ fn repair(
                     txn.remove_lease(lease_id)?;
                     repairs.push(format!("removed the resource list of lease {lease_id}"));
                 }
+                ConsistencyProblem::UnsyncedMarkOfMissingSnapshot { chain_id } => {
+                    txn.remove_unsynced_mark(chain_id)?;
+                    repairs.push(format!("removed the unsynced mark of snapshot {chain_id}"));
+                }
                 _ => {}
             }
         }

@@ -13,11 +13,17 @@
 //! - Ready images whose blobs or snapshots are missing or the wrong size on
 //!   disk become `gc_pending` (logged), so they are pulled again rather than
 //!   served broken.
+//! - Snapshots committed but not yet synced (`snapshot_store::sync`): under
+//!   the same kernel boot their pages are still in the page cache, so one
+//!   `syncfs` makes them durable; under an earlier kernel boot the machine
+//!   went down and may have lost those pages, so each such snapshot, and
+//!   every snapshot above it, loses its record, and the images using them
+//!   become `gc_pending` (pulled, and unpacked, again).
 //!
 //! Files that no record names (a crash between a rename and its record) are
 //! removed by the gc pass the daemon runs right after, before it listens.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::fsck::{FsckError, StoreLayout, broken_ready_images};
@@ -25,7 +31,8 @@ use crate::image_service::mount::is_mount_lease;
 use crate::metadata::{
     ImageState, Lease, LeaseResource, MetadataError, MetadataStore, SnapshotState,
 };
-use crate::snapshot_store::SnapshotStore;
+use crate::reference::Digest;
+use crate::snapshot_store::{SnapshotError, SnapshotStore};
 
 /// What reconciliation found and did, for its one summary line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +44,13 @@ pub struct ReconcileSummary {
     pub broken_images_marked_gc_pending: u64,
     pub extracting_snapshots_removed: u64,
     pub extracting_directories_removed: u64,
+    /// Unsynced snapshots of this kernel boot, synced now.
+    pub unsynced_snapshots_synced: u64,
+    /// Unsynced snapshots of an earlier kernel boot, and those above them:
+    /// records removed, to be unpacked again.
+    pub unsynced_snapshots_lost: u64,
+    /// Images that used a lost snapshot.
+    pub images_of_lost_snapshots_marked_gc_pending: u64,
     pub elapsed_ms: u64,
 }
 
@@ -59,6 +73,12 @@ impl ReconcileSummary {
                 "extracting_directories_removed",
                 self.extracting_directories_removed,
             ),
+            ("unsynced_snapshots_synced", self.unsynced_snapshots_synced),
+            ("unsynced_snapshots_lost", self.unsynced_snapshots_lost),
+            (
+                "images_of_lost_snapshots_marked_gc_pending",
+                self.images_of_lost_snapshots_marked_gc_pending,
+            ),
         ]
     }
 
@@ -67,13 +87,17 @@ impl ReconcileSummary {
         format!(
             "ended {} leases of earlier boots (kept {} resources for the grace period), \
              marked {} interrupted and {} broken images gc_pending, removed {} extracting \
-             snapshots and {} extracting directories in {} ms",
+             snapshots and {} extracting directories, synced {} snapshots, dropped {} \
+             snapshots unsynced before a reboot ({} images gc_pending) in {} ms",
             self.leases_ended,
             self.resources_kept_for_grace,
             self.images_marked_gc_pending,
             self.broken_images_marked_gc_pending,
             self.extracting_snapshots_removed,
             self.extracting_directories_removed,
+            self.unsynced_snapshots_synced,
+            self.unsynced_snapshots_lost,
+            self.images_of_lost_snapshots_marked_gc_pending,
             self.elapsed_ms
         )
     }
@@ -90,6 +114,8 @@ pub enum ReconcileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot sync the snapshots committed before the restart: {0}")]
+    SyncSnapshots(#[source] SnapshotError),
 }
 
 /// Reconciles the store for boot `boot_id`; `grace_period_ms` is how long what
@@ -103,6 +129,8 @@ pub fn reconcile(
 ) -> Result<ReconcileSummary, ReconcileError> {
     let started = Instant::now();
     let mut summary = ReconcileSummary::default();
+    // First, so that nothing below (the grace lease) keeps a lost snapshot.
+    drop_snapshots_lost_in_a_reboot(metadata, snapshots, &mut summary)?;
     metadata.write(|txn| {
         let now = txn.now_unix_ms();
         let read_leases: Vec<Lease> = txn
@@ -212,8 +240,196 @@ pub fn reconcile(
         broken_images_marked_gc_pending = summary.broken_images_marked_gc_pending,
         extracting_snapshots_removed = summary.extracting_snapshots_removed,
         extracting_directories_removed = summary.extracting_directories_removed,
+        unsynced_snapshots_synced = summary.unsynced_snapshots_synced,
+        unsynced_snapshots_lost = summary.unsynced_snapshots_lost,
+        images_of_lost_snapshots_marked_gc_pending =
+            summary.images_of_lost_snapshots_marked_gc_pending,
         elapsed_ms = summary.elapsed_ms,
         "reconciled the store"
     );
     Ok(summary)
+}
+
+/// Drops the snapshots left unsynced by an earlier kernel boot (with every
+/// snapshot above them, whose parent chain they break) and marks the images
+/// using them `gc_pending`, in one transaction; then syncs what this kernel
+/// boot left unsynced, whose pages are still in the page cache.
+fn drop_snapshots_lost_in_a_reboot(
+    metadata: &MetadataStore,
+    snapshots: &SnapshotStore,
+    summary: &mut ReconcileSummary,
+) -> Result<(), ReconcileError> {
+    let read = metadata.read()?;
+    let unsynced = read.unsynced_snapshots()?;
+    let mut lost: BTreeSet<Digest> = unsynced
+        .iter()
+        .filter(|mark| mark.kernel_boot_id != snapshots.kernel_boot_id())
+        .map(|mark| mark.chain_id.clone())
+        .collect();
+    let kept_unsynced = unsynced.len() - lost.len();
+    if !lost.is_empty() {
+        let parents: BTreeMap<Digest, Option<Digest>> = read
+            .snapshots()?
+            .into_iter()
+            .map(|snapshot| (snapshot.chain_id, snapshot.parent))
+            .collect();
+        // A snapshot is lost if any snapshot below it is (bounded by the
+        // number of snapshots, so a damaged cycle cannot loop forever).
+        let lost_below = |top: &Digest, lost: &BTreeSet<Digest>| {
+            let mut next = Some(top.clone());
+            for _ in 0..=parents.len() {
+                let Some(chain_id) = next.take() else { break };
+                if lost.contains(&chain_id) {
+                    return true;
+                }
+                next = parents.get(&chain_id).cloned().flatten();
+            }
+            false
+        };
+        let above: Vec<Digest> = parents
+            .keys()
+            .filter(|chain_id| !lost.contains(*chain_id) && lost_below(chain_id, &lost))
+            .cloned()
+            .collect();
+        lost.extend(above);
+        let images: Vec<Digest> = read
+            .list_images()?
+            .into_iter()
+            .filter(|named| named.image.state != ImageState::GcPending)
+            .filter(|named| {
+                named
+                    .image
+                    .top_chain_id
+                    .as_ref()
+                    .is_some_and(|top| lost_below(top, &lost))
+            })
+            .map(|named| named.image.id().clone())
+            .collect();
+        drop(read);
+        metadata.write(|txn| {
+            for image_id in &images {
+                txn.set_image_state(image_id, ImageState::GcPending)?;
+            }
+            for chain_id in &lost {
+                txn.remove_snapshot(chain_id)?;
+            }
+            Ok(())
+        })?;
+        for image_id in &images {
+            tracing::warn!(image = %image_id, "image used snapshots not yet synced when the machine went down; marked gc_pending so it is pulled again");
+        }
+        summary.unsynced_snapshots_lost = lost.len() as u64;
+        summary.images_of_lost_snapshots_marked_gc_pending = images.len() as u64;
+    }
+    if kept_unsynced > 0 {
+        summary.unsynced_snapshots_synced = snapshots
+            .sync_committed()
+            .map_err(ReconcileError::SyncSnapshots)?
+            as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::tests::{Fixture, digest};
+    use crate::metadata::UnsyncedSnapshot;
+
+    fn mark_unsynced(fixture: &Fixture, chain_id: &Digest, kernel_boot_id: &str) {
+        let mark = UnsyncedSnapshot {
+            chain_id: chain_id.clone(),
+            kernel_boot_id: kernel_boot_id.to_owned(),
+            committed_unix_ms: 1,
+        };
+        fixture
+            .metadata
+            .write(|txn| txn.put_unsynced_snapshot(&mark))
+            .unwrap();
+    }
+
+    fn state_of(fixture: &Fixture, image_id: &Digest) -> ImageState {
+        fixture
+            .metadata
+            .read()
+            .unwrap()
+            .image(image_id)
+            .unwrap()
+            .unwrap()
+            .state
+    }
+
+    /// Base `s1` synced long ago; `s2` on it left unsynced by the kernel boot
+    /// before a crash, and `s3` on `s2` synced later (a sync after a failed
+    /// one); `s4` on `s1` left unsynced by the running kernel boot.
+    #[test]
+    fn snapshots_unsynced_before_a_reboot_go_with_what_stands_on_them_and_the_rest_is_synced() {
+        let fixture = Fixture::new();
+        let [s1, s2, s3, s4] = [1, 2, 3, 4].map(|number| digest(0x5a, number));
+        let layer = |number| digest(0x1a, number);
+        let on_lost = fixture.image(
+            1,
+            ImageState::Ready,
+            &[layer(1), layer(2)],
+            &[s1.clone(), s2.clone()],
+        );
+        let above_lost = fixture.image(
+            2,
+            ImageState::Ready,
+            &[layer(1), layer(2), layer(3)],
+            &[s1.clone(), s2.clone(), s3.clone()],
+        );
+        let base_only = fixture.image(3, ImageState::Ready, &[layer(1)], std::slice::from_ref(&s1));
+        let this_boot = fixture.image(
+            4,
+            ImageState::Ready,
+            &[layer(1), layer(4)],
+            &[s1.clone(), s4.clone()],
+        );
+        mark_unsynced(&fixture, &s2, "boot-before-the-crash");
+        mark_unsynced(&fixture, &s4, "boot-now");
+        fixture.assert_consistent();
+
+        let snapshots = SnapshotStore::open_for_kernel_boot(
+            fixture.root.join("snapshots"),
+            fixture.metadata.clone(),
+            "boot-now".to_owned(),
+        )
+        .unwrap();
+        let summary = reconcile(
+            &fixture.metadata,
+            &snapshots,
+            &StoreLayout::under_root(&fixture.root),
+            "daemon-boot",
+            600_000,
+        )
+        .unwrap();
+
+        assert_eq!(summary.unsynced_snapshots_lost, 2, "{summary:?}");
+        assert_eq!(summary.images_of_lost_snapshots_marked_gc_pending, 2);
+        assert_eq!(summary.unsynced_snapshots_synced, 1);
+        assert_eq!(summary.broken_images_marked_gc_pending, 0);
+        assert_eq!(state_of(&fixture, &on_lost), ImageState::GcPending);
+        assert_eq!(state_of(&fixture, &above_lost), ImageState::GcPending);
+        assert_eq!(state_of(&fixture, &base_only), ImageState::Ready);
+        assert_eq!(state_of(&fixture, &this_boot), ImageState::Ready);
+        assert_eq!(
+            fixture
+                .metadata
+                .read()
+                .unwrap()
+                .unsynced_snapshots()
+                .unwrap(),
+            vec![]
+        );
+        fixture.assert_consistent();
+        // The lost snapshots' directories are named by no record: gc takes them.
+        fixture.collect();
+        for lost in [&s2, &s3] {
+            assert_eq!(fixture.has_snapshot(lost), (false, false), "{lost}");
+        }
+        for kept in [&s1, &s4] {
+            assert_eq!(fixture.has_snapshot(kept), (true, true), "{kept}");
+        }
+    }
 }

@@ -29,6 +29,9 @@
 //! - `gc`: garbage collection and leases with the real daemon and registry:
 //!   removal reclaims exactly what only the removed image used, within
 //!   seconds; `cri-imaged gc` and `cri-imaged leases`.
+//! - `snapshot_sync`: committed snapshots synced in the background; a daemon
+//!   restart syncs what was left, a reboot (the kernel boot id changing)
+//!   drops it and the images are pulled and unpacked again.
 //! - `metrics`: `serve --metrics-addr` scraped and parsed after real pulls,
 //!   request ids in the JSON log, `cri-imaged status`, no credential in any
 //!   log line or metric.
@@ -50,3 +53,4 @@ mod proto_wire;
 mod pull_progress;
 mod registry_faults;
 mod registry_pull;
+mod snapshot_sync;

@@ -17,20 +17,20 @@ use crate::reference::{Digest, ImageReference};
 
 const HOUR_MS: u64 = 60 * 60 * 1000;
 
-fn digest(kind: u8, number: u32) -> Digest {
+pub(crate) fn digest(kind: u8, number: u32) -> Digest {
     Digest::parse(&format!("sha256:{kind:02x}{number:062x}")).unwrap()
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _directory: tempfile::TempDir,
-    root: PathBuf,
-    metadata: Arc<MetadataStore>,
+    pub(crate) root: PathBuf,
+    pub(crate) metadata: Arc<MetadataStore>,
     collector: Arc<GarbageCollector>,
     blob_paths: BlobPaths,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let directory = tempfile::tempdir().unwrap();
         let root = directory.path().to_path_buf();
         let (metadata, _) = MetadataStore::open(&root.join("metadata.redb")).unwrap();
@@ -87,7 +87,12 @@ impl Fixture {
     }
 
     /// A snapshot record in `state` and its directory holding one file.
-    fn snapshot(&self, chain_id: &Digest, parent: Option<&Digest>, state: SnapshotState) {
+    pub(crate) fn snapshot(
+        &self,
+        chain_id: &Digest,
+        parent: Option<&Digest>,
+        state: SnapshotState,
+    ) {
         let snapshot = Snapshot {
             chain_id: chain_id.clone(),
             parent: parent.cloned(),
@@ -111,7 +116,13 @@ impl Fixture {
 
     /// An image record (manifest -> config + layers) with its blobs and
     /// snapshot chain; returns its id.
-    fn image(&self, number: u32, state: ImageState, layers: &[Digest], chain: &[Digest]) -> Digest {
+    pub(crate) fn image(
+        &self,
+        number: u32,
+        state: ImageState,
+        layers: &[Digest],
+        chain: &[Digest],
+    ) -> Digest {
         let manifest = digest(0xa0, number);
         let config = digest(0xc0, number);
         let mut children = vec![config.clone()];
@@ -187,7 +198,7 @@ impl Fixture {
         key
     }
 
-    fn collect(&self) -> GcReport {
+    pub(crate) fn collect(&self) -> GcReport {
         self.collector.collect(PassTrigger::Schedule).unwrap()
     }
 
@@ -203,7 +214,7 @@ impl Fixture {
         )
     }
 
-    fn has_snapshot(&self, chain_id: &Digest) -> (bool, bool) {
+    pub(crate) fn has_snapshot(&self, chain_id: &Digest) -> (bool, bool) {
         (
             self.metadata
                 .read()
@@ -227,7 +238,7 @@ impl Fixture {
         )
     }
 
-    fn assert_consistent(&self) {
+    pub(crate) fn assert_consistent(&self) {
         assert_eq!(
             check_consistency(&self.metadata.read().unwrap()).unwrap(),
             vec![]

@@ -31,7 +31,7 @@ use crate::oci::platform::Platform;
 use crate::reference::{Digest, ImageReference};
 use crate::registry::{AuthConfigFields, RegistryCredentials};
 use crate::snapshot_store::{LayerSnapshot, PrepareError, UnpackedSize, chain_ids};
-use crate::unpack::{UnpackError, UnpackOptions, sync_filesystem_of, unpack_layer_with_input_wait};
+use crate::unpack::{UnpackError, UnpackOptions, unpack_layer_with_input_wait};
 
 /// What a client asked to pull.
 #[derive(Clone, Debug, Default)]
@@ -616,11 +616,12 @@ pub enum LayerError {
 
 /// Unpacks one layer blob, read through its tap, into `directory`
 /// (blocking). Reads the blob to its end, which the tap gives only once the
-/// ingest has verified the whole blob, then makes the files durable.
-/// `extraction_slot` is held only while there are bytes to unpack: not
-/// before the download's first bytes, not while the unpack waits for more
-/// (see [`super::extraction_slots`]), and not for the last step, since
-/// waiting for the disk takes no CPU either.
+/// ingest has verified the whole blob. The files are not synced here: the
+/// snapshot store's background sync makes them durable after the commit
+/// (see [`crate::snapshot_store::sync`]). `extraction_slot` is held only
+/// while there are bytes to unpack: not before the download's first bytes,
+/// not while the unpack waits for more (see [`super::extraction_slots`]),
+/// and not while the rest of the blob is verified.
 fn unpack_blob(
     mut reader: UntilDeadline<TapReader>,
     media_type: &str,
@@ -650,13 +651,12 @@ fn unpack_blob(
     // for its verification before the snapshot may be committed.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(LayerError::BlobStream)?;
     reader.get_ref().reader.drop_cached_pages();
-    sync_filesystem_of(directory)?;
-    // Where a layer's time goes: a slow sync means the disk (or other
-    // layers' dirty pages it had to write too), a slow unpack the CPU.
+    // Where a layer's time goes: a slow verification means the download, a
+    // slow unpack the CPU.
     tracing::debug!(
         unpack_ms = unpacked.as_millis() as u64,
-        sync_ms = (started.elapsed() - unpacked).as_millis() as u64,
-        "layer files written and synced"
+        verify_ms = (started.elapsed() - unpacked).as_millis() as u64,
+        "layer files written"
     );
     Ok(UnpackedSize {
         size_bytes: outcome.size_bytes,

@@ -10,6 +10,7 @@
 //! 5. A ready image's top snapshot is committed and its whole parent chain is
 //!    recorded and committed.
 //! 6. Every lease resource list belongs to an existing lease.
+//! 7. Every unsynced mark names a committed snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +43,8 @@ pub enum ConsistencyProblem {
     ReadyImageMissingSnapshot { image_id: Digest, chain_id: Digest },
     #[error("lease resources are recorded for lease {lease_id}, which does not exist")]
     ResourcesOfMissingLease { lease_id: String },
+    #[error("snapshot {chain_id} is marked unsynced but is not recorded and committed")]
+    UnsyncedMarkOfMissingSnapshot { chain_id: Digest },
 }
 
 /// Checks every invariant above and returns each violation found (empty when the
@@ -179,6 +182,19 @@ pub fn check_consistency(
         .collect();
     for lease_id in orphaned {
         problems.push(ConsistencyProblem::ResourcesOfMissingLease { lease_id });
+    }
+
+    // 7: an unsynced mark names a committed snapshot (it is written in the
+    // snapshot's commit and removed with its record).
+    for unsynced in snapshot.unsynced_snapshots()? {
+        if !matches!(
+            snapshots.get(&unsynced.chain_id),
+            Some((_, SnapshotState::Committed))
+        ) {
+            problems.push(ConsistencyProblem::UnsyncedMarkOfMissingSnapshot {
+                chain_id: unsynced.chain_id,
+            });
+        }
     }
     Ok(problems)
 }

@@ -34,7 +34,7 @@ pub use error::{MetadataError, OpenError};
 pub use migrations::SCHEMA_VERSION;
 pub use model::{
     Blob, BlobState, Image, ImageState, Ingest, Lease, LeaseResource, NamedImage, RecordCounts,
-    Snapshot, SnapshotState,
+    Snapshot, SnapshotState, UnsyncedSnapshot,
 };
 pub use read::ReadSnapshot;
 pub use records::RecordError;

@@ -131,6 +131,19 @@ pub struct Snapshot {
     pub created_unix_ms: u64,
 }
 
+/// A committed snapshot whose files may still be only in the page cache:
+/// written since the last `syncfs` of the snapshot filesystem. Kept, with the
+/// kernel boot that wrote it, until a sync covers it; a later kernel boot
+/// (the machine rebooted, possibly losing those pages) treats the snapshot as
+/// lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsyncedSnapshot {
+    pub chain_id: Digest,
+    /// `/proc/sys/kernel/random/boot_id` when the snapshot was committed.
+    pub kernel_boot_id: String,
+    pub committed_unix_ms: u64,
+}
+
 /// A lease: protection from gc for the resources attached to it, until it
 /// expires, is released, or its daemon boot ends.
 #[derive(Clone, Debug, PartialEq, Eq)]

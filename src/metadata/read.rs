@@ -9,13 +9,15 @@ use redb::{ReadableMultimapTable, ReadableTable, ReadableTableMetadata};
 use crate::metadata::error::MetadataError;
 use crate::metadata::model::{
     Blob, Image, ImageState, Ingest, Lease, LeaseResource, NamedImage, RecordCounts, Snapshot,
+    UnsyncedSnapshot,
 };
 use crate::metadata::records::{
     self, BlobRecord, ImageRecord, IngestRecord, LeaseRecord, ReferenceRecord, SnapshotRecord,
+    UnsyncedSnapshotRecord,
 };
 use crate::metadata::tables::{
     self, BLOBS, IMAGE_NAMES, IMAGES, IMAGES_BY_STATE, INGESTS, LEASE_RESOURCES, LEASES,
-    REFERENCES, SNAPSHOTS,
+    REFERENCES, SNAPSHOTS, UNSYNCED_SNAPSHOTS,
 };
 use crate::reference::Digest;
 
@@ -183,6 +185,11 @@ impl ReadSnapshot {
             all.push(decode_snapshot(key.value(), value.value())?);
         }
         Ok(all)
+    }
+
+    /// Every committed snapshot no `syncfs` has covered yet.
+    pub fn unsynced_snapshots(&self) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
+        scan_unsynced_snapshots(&self.table(UNSYNCED_SNAPSHOTS)?)
     }
 
     pub fn lease(&self, id: &str) -> Result<Option<Lease>, MetadataError> {
@@ -463,4 +470,22 @@ pub(crate) fn fetch_ingest(
                 .map_err(Storage::corrupt("ingests", key))
         })
         .transpose()
+}
+
+pub(crate) fn scan_unsynced_snapshots(
+    unsynced: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
+    let mut all = Vec::new();
+    for entry in unsynced
+        .iter()
+        .map_err(Storage::storage("scan unsynced snapshots"))?
+    {
+        let (key, value) = entry.map_err(Storage::storage("scan unsynced snapshots"))?;
+        all.push(
+            records::decode::<UnsyncedSnapshotRecord>(value.value())
+                .and_then(|record| record.into_domain(key.value()))
+                .map_err(Storage::corrupt("unsynced_snapshots", key.value()))?,
+        );
+    }
+    Ok(all)
 }

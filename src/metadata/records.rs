@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metadata::model::{
     Blob, BlobState, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot, SnapshotState,
+    UnsyncedSnapshot,
 };
 use crate::oci::Descriptor;
 use crate::reference::Digest;
@@ -296,6 +297,34 @@ impl SnapshotRecord {
                 }
             },
             created_unix_ms: self.created_unix_ms,
+        })
+    }
+}
+
+/// `unsynced_snapshots` value (key: chain id), schema v3.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnsyncedSnapshotRecord {
+    pub kernel_boot_id: String,
+    pub committed_unix_ms: u64,
+}
+
+impl Record for UnsyncedSnapshotRecord {
+    const VERSION: u8 = 1;
+}
+
+impl UnsyncedSnapshotRecord {
+    pub fn from_domain(unsynced: &UnsyncedSnapshot) -> Self {
+        UnsyncedSnapshotRecord {
+            kernel_boot_id: unsynced.kernel_boot_id.clone(),
+            committed_unix_ms: unsynced.committed_unix_ms,
+        }
+    }
+
+    pub fn into_domain(self, chain_id: &str) -> Result<UnsyncedSnapshot, RecordError> {
+        Ok(UnsyncedSnapshot {
+            chain_id: parse_digest("unsynced snapshot chain id", chain_id)?,
+            kernel_boot_id: self.kernel_boot_id,
+            committed_unix_ms: self.committed_unix_ms,
         })
     }
 }

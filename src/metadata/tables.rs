@@ -30,6 +30,12 @@ pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blo
 /// Chain id -> `SnapshotRecord`.
 pub(crate) const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 
+/// Schema v3: chain id -> `UnsyncedSnapshotRecord`, for every committed
+/// snapshot not yet covered by a `syncfs` (written in the snapshot's commit,
+/// removed by the sync that covers it or with the snapshot record).
+pub(crate) const UNSYNCED_SNAPSHOTS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("unsynced_snapshots");
+
 /// Lease id -> `LeaseRecord`.
 pub(crate) const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 

@@ -8,15 +8,20 @@
 
 use std::collections::BTreeSet;
 
+use redb::ReadableTable;
+
 use crate::metadata::error::MetadataError;
-use crate::metadata::model::{Blob, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot};
+use crate::metadata::model::{
+    Blob, Image, ImageState, Ingest, Lease, LeaseResource, Snapshot, UnsyncedSnapshot,
+};
 use crate::metadata::read;
 use crate::metadata::records::{
     self, BlobRecord, ImageRecord, IngestRecord, LeaseRecord, ReferenceRecord, SnapshotRecord,
+    UnsyncedSnapshotRecord,
 };
 use crate::metadata::tables::{
     BLOBS, IMAGE_NAMES, IMAGES, IMAGES_BY_STATE, INGESTS, LEASE_RESOURCES, LEASES, META,
-    REFERENCES, SNAPSHOTS,
+    REFERENCES, SNAPSHOTS, UNSYNCED_SNAPSHOTS,
 };
 use crate::reference::{Digest, ImageReference};
 
@@ -289,12 +294,70 @@ impl WriteTxn {
         Ok(())
     }
 
+    /// Removes a snapshot record, and its unsynced mark with it.
     pub fn remove_snapshot(&mut self, chain_id: &Digest) -> Result<bool, MetadataError> {
+        self.table(UNSYNCED_SNAPSHOTS)?
+            .remove(chain_id.as_str())
+            .map_err(Storage::storage("remove unsynced snapshot"))?;
         Ok(self
             .table(SNAPSHOTS)?
             .remove(chain_id.as_str())
             .map_err(Storage::storage("remove snapshot"))?
             .is_some())
+    }
+
+    /// Marks a committed snapshot as written since the last sync.
+    pub fn put_unsynced_snapshot(
+        &mut self,
+        unsynced: &UnsyncedSnapshot,
+    ) -> Result<(), MetadataError> {
+        self.table(UNSYNCED_SNAPSHOTS)?
+            .insert(
+                unsynced.chain_id.as_str(),
+                records::encode(&UnsyncedSnapshotRecord::from_domain(unsynced)).as_slice(),
+            )
+            .map_err(Storage::storage("write unsynced snapshot"))?;
+        Ok(())
+    }
+
+    /// Removes the unsynced mark of `chain_id`, whatever it holds (repair).
+    pub fn remove_unsynced_mark(&mut self, chain_id: &Digest) -> Result<bool, MetadataError> {
+        Ok(self
+            .table(UNSYNCED_SNAPSHOTS)?
+            .remove(chain_id.as_str())
+            .map_err(Storage::storage("remove unsynced snapshot"))?
+            .is_some())
+    }
+
+    pub fn unsynced_snapshots(&self) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
+        read::scan_unsynced_snapshots(&self.table(UNSYNCED_SNAPSHOTS)?)
+    }
+
+    /// Removes the unsynced mark `unsynced` if it is still the one recorded
+    /// (a sync that started before the snapshot was committed again does not
+    /// cover the new files); returns whether it did.
+    pub fn remove_unsynced_snapshot_if_unchanged(
+        &mut self,
+        unsynced: &UnsyncedSnapshot,
+    ) -> Result<bool, MetadataError> {
+        let mut table = self.table(UNSYNCED_SNAPSHOTS)?;
+        let current = table
+            .get(unsynced.chain_id.as_str())
+            .map_err(Storage::storage("read unsynced snapshot"))?
+            .map(|value| {
+                records::decode::<UnsyncedSnapshotRecord>(value.value()).map_err(Storage::corrupt(
+                    "unsynced_snapshots",
+                    unsynced.chain_id.as_str(),
+                ))
+            })
+            .transpose()?;
+        if current != Some(UnsyncedSnapshotRecord::from_domain(unsynced)) {
+            return Ok(false);
+        }
+        table
+            .remove(unsynced.chain_id.as_str())
+            .map_err(Storage::storage("remove unsynced snapshot"))?;
+        Ok(true)
     }
 
     pub fn lease(&self, id: &str) -> Result<Option<Lease>, MetadataError> {

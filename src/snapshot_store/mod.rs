@@ -12,8 +12,16 @@
 //! follow the chain, base first ([`SnapshotStore::commit`]), so a committed
 //! snapshot's parent is always committed. One lock per chain id makes two
 //! pulls that share a layer unpack it once: the second waits, then reuses.
+//!
+//! A commit does not wait for the disk: it records the snapshot unsynced,
+//! with the kernel boot that wrote it, and the background sync ([`sync`])
+//! makes the files durable with one `syncfs` for every commit since the last
+//! one, then clears the marks. A process crash loses no page (the kernel
+//! keeps them); a machine crash can, and the next kernel boot drops what was
+//! not synced (`reconcile`).
 
 mod chain_id;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +29,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use chain_id::chain_ids;
 
-use crate::durable_fs;
-use crate::metadata::{LeaseResource, MetadataError, MetadataStore, Snapshot, SnapshotState};
+use crate::metadata::{
+    LeaseResource, MetadataError, MetadataStore, Snapshot, SnapshotState, UnsyncedSnapshot,
+};
 use crate::reference::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +95,28 @@ pub struct SnapshotStore {
     directory: PathBuf,
     metadata: Arc<MetadataStore>,
     locks: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
+    /// Recorded on every unsynced mark this store writes.
+    kernel_boot_id: String,
+    /// Told after every commit that left a snapshot unsynced.
+    sync_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl SnapshotStore {
+    /// Opens the store, marking what it commits with this kernel boot
+    /// ([`sync::kernel_boot_id`]).
     pub fn open(
         directory: PathBuf,
         metadata: Arc<MetadataStore>,
+    ) -> Result<SnapshotStore, SnapshotError> {
+        let kernel_boot_id = sync::kernel_boot_id(Path::new(sync::KERNEL_BOOT_ID_PATH));
+        SnapshotStore::open_for_kernel_boot(directory, metadata, kernel_boot_id)
+    }
+
+    /// Opens the store for the kernel boot `kernel_boot_id`.
+    pub fn open_for_kernel_boot(
+        directory: PathBuf,
+        metadata: Arc<MetadataStore>,
+        kernel_boot_id: String,
     ) -> Result<SnapshotStore, SnapshotError> {
         let extracting = directory.join("extracting");
         std::fs::create_dir_all(&extracting).map_err(io_error(&extracting))?;
@@ -99,7 +124,14 @@ impl SnapshotStore {
             directory,
             metadata,
             locks: Mutex::new(HashMap::new()),
+            kernel_boot_id,
+            sync_wanted: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// The kernel boot this store's unsynced marks name.
+    pub fn kernel_boot_id(&self) -> &str {
+        &self.kernel_boot_id
     }
 
     /// The directory of a committed snapshot (an overlay lower dir).
@@ -241,7 +273,8 @@ impl SnapshotStore {
         if destination.exists() {
             std::fs::remove_dir_all(&destination).map_err(io_error(&destination))?;
         }
-        if let Err(error) = durable_fs::rename_durably(&temporary, &destination) {
+        // Not synced: the background sync covers the rename with the files.
+        if let Err(error) = std::fs::rename(&temporary, &destination) {
             prepared.unpacked = Some((temporary, size));
             return Err(SnapshotError::Io {
                 path: destination,
@@ -269,8 +302,14 @@ impl SnapshotStore {
             snapshot.size_bytes = size.size_bytes;
             snapshot.inodes = size.inodes;
             txn.put_snapshot(&snapshot)?;
+            txn.put_unsynced_snapshot(&UnsyncedSnapshot {
+                chain_id: chain_id.clone(),
+                kernel_boot_id: self.kernel_boot_id.clone(),
+                committed_unix_ms: txn.now_unix_ms(),
+            })?;
             Ok(snapshot)
         })?;
+        self.sync_wanted.notify_one();
         Ok(snapshot)
     }
 

@@ -31,8 +31,9 @@
 //! A rejected layer leaves the target directory in whatever state extraction
 //! reached; the caller removes it. Nothing outside it has been touched.
 //!
-//! No file is fsynced here: the caller syncs the finished snapshot once with
-//! [`sync_filesystem_of`] (`syncfs`), which is far cheaper than a sync per file.
+//! No file is fsynced here: the daemon's snapshot store syncs committed
+//! snapshots with one `syncfs` in the background; a standalone caller can use
+//! [`sync_filesystem_of`], far cheaper than a sync per file.
 
 mod confined_fs;
 mod decompress;
@@ -302,16 +303,7 @@ pub fn unpack_layer_with_input_wait(
 /// Flushes the whole filesystem that holds `path` (`syncfs`): one call after a
 /// snapshot is unpacked makes every file in it durable.
 pub fn sync_filesystem_of(path: &Path) -> Result<(), UnpackError> {
-    let sync = || -> io::Result<()> {
-        let fd = rustix::fs::open(
-            path,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        rustix::fs::syncfs(&fd)?;
-        Ok(())
-    };
-    sync().map_err(|source| UnpackError::SyncFilesystem {
+    crate::durable_fs::sync_filesystem(path).map_err(|source| UnpackError::SyncFilesystem {
         path: path.to_owned(),
         source,
     })

@@ -8,6 +8,7 @@
 //! database file written by each released schema (`migrations/golden/`).
 
 mod v1_to_v2;
+mod v2_to_v3;
 
 #[doc(hidden)]
 pub mod golden;
@@ -18,7 +19,7 @@ use crate::metadata::error::{MetadataError, OpenError};
 use crate::metadata::tables::{self, meta_keys};
 
 /// The schema this build writes. Bump it only together with a new step in `STEPS`.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// One upgrade, from `from_version` to `from_version + 1`.
 pub(crate) struct MigrationStep {
@@ -28,11 +29,18 @@ pub(crate) struct MigrationStep {
 }
 
 /// Every step, oldest first.
-pub(crate) const STEPS: &[MigrationStep] = &[MigrationStep {
-    from_version: 1,
-    description: "index images by state",
-    apply: v1_to_v2::apply,
-}];
+pub(crate) const STEPS: &[MigrationStep] = &[
+    MigrationStep {
+        from_version: 1,
+        description: "index images by state",
+        apply: v1_to_v2::apply,
+    },
+    MigrationStep {
+        from_version: 2,
+        description: "track snapshots not yet synced",
+        apply: v2_to_v3::apply,
+    },
+];
 
 /// Creates every table of the current schema in an empty file, in one transaction.
 pub(crate) fn initialize(db: &redb::Database, version: u64) -> Result<(), MetadataError> {
@@ -121,6 +129,7 @@ fn create_current_tables(txn: &redb::WriteTransaction) -> Result<(), MetadataErr
         tables::REFERENCES,
         tables::BLOBS,
         tables::SNAPSHOTS,
+        tables::UNSYNCED_SNAPSHOTS,
         tables::LEASES,
         tables::INGESTS,
     ] {

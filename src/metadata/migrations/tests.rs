@@ -6,17 +6,17 @@ use super::*;
 use crate::metadata::MetadataStore;
 use redb::ReadableDatabase;
 
-/// A synthetic v2 -> v3 step that records that it ran, so tests can tell a
+/// A synthetic v3 -> v4 step that records that it ran, so tests can tell a
 /// completed step from an aborted one.
-fn mark_v3(txn: &redb::WriteTransaction) -> Result<(), MetadataError> {
+fn mark_v4(txn: &redb::WriteTransaction) -> Result<(), MetadataError> {
     txn.open_table(tables::META)
         .map_err(MetadataError::storage("open meta"))?
-        .insert("synthetic_v3", b"done".as_slice())
+        .insert("synthetic_v4", b"done".as_slice())
         .map_err(MetadataError::storage("write meta"))?;
     Ok(())
 }
 
-const STEPS_TO_V3: &[MigrationStep] = &[
+const STEPS_TO_V4: &[MigrationStep] = &[
     MigrationStep {
         from_version: 1,
         description: "index images by state",
@@ -24,8 +24,13 @@ const STEPS_TO_V3: &[MigrationStep] = &[
     },
     MigrationStep {
         from_version: 2,
+        description: "track snapshots not yet synced",
+        apply: v2_to_v3::apply,
+    },
+    MigrationStep {
+        from_version: 3,
         description: "synthetic test step",
-        apply: mark_v3,
+        apply: mark_v4,
     },
 ];
 
@@ -52,7 +57,7 @@ fn copy_golden_v1(dir: &Path) -> std::path::PathBuf {
 fn synthetic_mark(store: &MetadataStore) -> bool {
     let txn = store.db.begin_read().unwrap();
     let meta = txn.open_table(tables::META).unwrap();
-    redb::ReadableTable::get(&meta, "synthetic_v3")
+    redb::ReadableTable::get(&meta, "synthetic_v4")
         .unwrap()
         .is_some()
 }
@@ -81,7 +86,7 @@ fn a_missing_step_is_an_error_naming_the_versions() {
     let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let path = copy_golden_v1(dir.path());
-    let error = MetadataStore::open_with_steps(&path, &STEPS_TO_V3[1..], 3)
+    let error = MetadataStore::open_with_steps(&path, &STEPS_TO_V4[1..], 4)
         .err()
         .expect("a gap in the steps was accepted");
     assert!(error.to_string().contains("from schema 1 to 2"), "{error}");
@@ -95,9 +100,9 @@ fn all_steps_run_in_order_to_the_target() {
     let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let path = copy_golden_v1(dir.path());
-    let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).unwrap();
-    assert_eq!(report.migration_steps_applied, 2);
-    assert_eq!(store.read().unwrap().schema_version().unwrap(), Some(3));
+    let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V4, 4).unwrap();
+    assert_eq!(report.migration_steps_applied, 3);
+    assert_eq!(store.read().unwrap().schema_version().unwrap(), Some(4));
     assert!(synthetic_mark(&store));
 }
 
@@ -111,15 +116,15 @@ mod crashes {
         let dir = tempfile::tempdir().unwrap();
         let path = copy_golden_v1(dir.path());
         fail::cfg("metadata::migration::after_step", "1*return->off").unwrap();
-        let error = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).err();
+        let error = MetadataStore::open_with_steps(&path, STEPS_TO_V4, 4).err();
         fail::remove("metadata::migration::after_step");
         let error = error.expect("the fail point did not fire");
         assert!(error.to_string().contains("fail point"), "{error}");
 
         // The first step committed on its own: the file is a whole v2.
-        let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).unwrap();
+        let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V4, 4).unwrap();
         assert_eq!(report.found_schema_version, 2);
-        assert_eq!(report.migration_steps_applied, 1);
+        assert_eq!(report.migration_steps_applied, 2);
         assert!(synthetic_mark(&store));
         let problems = crate::metadata::check_consistency(&store.read().unwrap()).unwrap();
         assert_eq!(problems, vec![]);
@@ -130,15 +135,15 @@ mod crashes {
         let _turn = take_turn();
         let dir = tempfile::tempdir().unwrap();
         let path = copy_golden_v1(dir.path());
-        // Let the first step commit, fail the second before its commit.
-        fail::cfg("metadata::migration::before_commit", "1*off->1*return->off").unwrap();
-        let error = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).err();
+        // Let the first two steps commit, fail the third before its commit.
+        fail::cfg("metadata::migration::before_commit", "2*off->1*return->off").unwrap();
+        let error = MetadataStore::open_with_steps(&path, STEPS_TO_V4, 4).err();
         fail::remove("metadata::migration::before_commit");
         assert!(error.is_some(), "the fail point did not fire");
 
-        let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V3, 3).unwrap();
+        let (store, report) = MetadataStore::open_with_steps(&path, STEPS_TO_V4, 4).unwrap();
         assert_eq!(
-            report.found_schema_version, 2,
+            report.found_schema_version, 3,
             "the aborted step wrote nothing"
         );
         assert_eq!(report.migration_steps_applied, 1);
