@@ -644,6 +644,19 @@ if ((fleet > 0)); then
                 record status "$tool" "$round" "${quantile}_us" "$(json_field "latency.${quantile}_us" <<<"$figures")"
             done
             status_p50=$(json_field latency.p50_us <<<"$figures")
+            # The same calls with the client and every thread of the daemon
+            # on CPU 0: no wakeup crosses CPUs. On a VM whose idle vCPUs halt
+            # at once (haltpoll without polling, as here), each cross-CPU
+            # wakeup costs tens of microseconds, which the unpinned p50 pays
+            # twice per call; the pinned one shows what the two processes'
+            # own work costs. Diagnostic only: no node pins the kubelet so.
+            if command -v taskset >/dev/null && (($(nproc) > 1)); then
+                taskset -a -p -c 0 "${daemon_pid[$tool]}" >/dev/null
+                figures=$(taskset -c 0 timeout 900 "$bench_client" --socket "${daemon_socket[$tool]}" \
+                    status-latency "$status_reference" --count "$status_count")
+                taskset -a -p -c "0-$(($(nproc) - 1))" "${daemon_pid[$tool]}" >/dev/null
+                record status-one-cpu "$tool" "$round" p50_us "$(json_field latency.p50_us <<<"$figures")"
+            fi
             # The same call through grpc-go (the kubelet's stack), and the
             # cheapest call there is (Version: no store, no lookup), which
             # shows what the socket, h2 and the two processes' wakeups cost
@@ -743,6 +756,7 @@ specs += [
     ("ImageStatus p50 (us)", "status", "p50_us", 1, "{:.0f}", "ours <= 100 us (containerd ~240)",
      lambda o, c: o <= 100),
     ("ImageStatus p90 (us)", "status", "p90_us", 1, "{:.0f}", "", None),
+    ("  p50, client and daemon on one CPU (us)", "status-one-cpu", "p50_us", 1, "{:.0f}", "", None),
     ("ImageStatus p50, grpc-go client (us)", "status-go", "p50_us", 1, "{:.0f}", "", None),
     ("Version p50, grpc-go client (us)", "version-go", "p50_us", 1, "{:.0f}", "", None),
     ("ImageStatus p99 (us)", "status", "p99_us", 1, "{:.0f}", "", None),
