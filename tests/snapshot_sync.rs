@@ -12,6 +12,9 @@ use cri_imaged::api::proto::runtime::v1 as cri;
 use cri_imaged::metadata::{ImageState, MetadataStore, check_consistency};
 use cri_imaged::reference::Digest;
 
+use cri_imaged::api::proto::cri_imaged::admin::v1 as admin;
+
+use crate::pull_progress::admin_client;
 use crate::support::daemon_process::DaemonProcess;
 use crate::support::registry::{
     BuiltImage, Compression, ImageBuilder, LayerBuilder, Pusher, TestRegistry,
@@ -50,6 +53,16 @@ async fn pull(socket: &Path, reference: &str) -> String {
         .unwrap()
         .into_inner()
         .image_ref
+}
+
+async fn unsynced_snapshots(daemon: &DaemonProcess) -> u64 {
+    admin_client(daemon)
+        .await
+        .daemon_status(admin::DaemonStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .unsynced_snapshots
 }
 
 async fn listed_ids(socket: &Path) -> Vec<String> {
@@ -106,6 +119,7 @@ async fn a_restart_syncs_snapshots_left_unsynced_and_a_reboot_unpacks_them_again
         pull(&daemon.socket, &first_reference).await,
         first.config_digest
     );
+    assert_eq!(unsynced_snapshots(&daemon).await, 2);
 
     // The daemon dies before its sync; the machine does not.
     daemon.child.kill().unwrap();
@@ -114,6 +128,7 @@ async fn a_restart_syncs_snapshots_left_unsynced_and_a_reboot_unpacks_them_again
         listed_ids(&daemon.socket).await,
         vec![first.config_digest.clone()]
     );
+    assert_eq!(unsynced_snapshots(&daemon).await, 0);
     let log = daemon.log_text();
     assert!(
         log.contains(r#""unsynced_snapshots_synced":2"#)

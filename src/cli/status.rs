@@ -45,6 +45,7 @@ fn status_json(status: &admin::DaemonStatusResponse) -> serde_json::Value {
         "contentBytes": status.content_bytes,
         "ingestBytes": status.ingest_bytes,
         "snapshotBytes": status.snapshot_bytes,
+        "unsyncedSnapshots": status.unsynced_snapshots,
         "limits": limits,
         "lastGcSummary": status.last_gc_summary,
         "lastReconcileSummary": status.last_reconcile_summary,
@@ -73,6 +74,8 @@ fn status_text(status: &admin::DaemonStatusResponse) -> String {
         ("Content", bytes(status.content_bytes)),
         ("Ingests", bytes(status.ingest_bytes)),
         ("Snapshot data", bytes(status.snapshot_bytes)),
+        // Snapshots a machine crash now would unpack again.
+        ("Not yet synced", status.unsynced_snapshots.to_string()),
         ("Last gc", or_none(&status.last_gc_summary)),
         ("Last reconcile", or_none(&status.last_reconcile_summary)),
     ];
@@ -121,6 +124,7 @@ mod tests {
             content_bytes: 1_234_567,
             ingest_bytes: 0,
             snapshot_bytes: 2_000_000,
+            unsynced_snapshots: 2,
             limits: [("pulls_max", "0"), ("layer_downloads_max", "3")]
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -139,6 +143,7 @@ Leases:          1
 Content:         1.23MB (1234567 bytes)
 Ingests:         0B (0 bytes)
 Snapshot data:   2MB (2000000 bytes)
+Not yet synced:  2
 Last gc:         none yet
 Last reconcile:  ended 0 leases
 Limits:          layer_downloads_max = 3
@@ -149,6 +154,7 @@ Limits:          layer_downloads_max = 3
         assert_eq!(json["contentBytes"], 1_234_567);
         assert_eq!(json["limits"]["pulls_max"], "0");
         assert_eq!(json["lastGcSummary"], "");
+        assert_eq!(json["unsyncedSnapshots"], 2);
     }
 
     #[test]

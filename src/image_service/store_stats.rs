@@ -42,6 +42,7 @@ impl ImageService {
             images: counts.images,
             blobs: counts.blobs,
             snapshots: counts.snapshots,
+            unsynced_snapshots: read.unsynced_snapshots()?.len() as u64,
             leases: counts.leases,
             ingests: counts.ingests,
             content_bytes,

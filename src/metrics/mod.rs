@@ -171,6 +171,7 @@ struct StoreGauges {
     images: Family<StateLabels, Gauge>,
     blobs: Gauge,
     snapshots: Gauge,
+    unsynced_snapshots: Gauge,
     leases: Gauge,
     ingests: Gauge,
     used_bytes: Family<PartLabels, Gauge>,
@@ -295,6 +296,7 @@ impl Metrics {
             images: Family::default(),
             blobs: Gauge::default(),
             snapshots: Gauge::default(),
+            unsynced_snapshots: Gauge::default(),
             leases: Gauge::default(),
             ingests: Gauge::default(),
             used_bytes: Family::default(),
@@ -310,6 +312,11 @@ impl Metrics {
             "store_snapshots",
             "Snapshots recorded",
             store.snapshots.clone(),
+        );
+        registry.register(
+            "store_unsynced_snapshots",
+            "Committed snapshots not yet synced to disk",
+            store.unsynced_snapshots.clone(),
         );
         registry.register("store_leases", "Leases held", store.leases.clone());
         registry.register(
@@ -590,6 +597,9 @@ impl Metrics {
         }
         store.blobs.set(gauge_value(stats.blobs));
         store.snapshots.set(gauge_value(stats.snapshots));
+        store
+            .unsynced_snapshots
+            .set(gauge_value(stats.unsynced_snapshots));
         store.leases.set(gauge_value(stats.leases));
         store.ingests.set(gauge_value(stats.ingests));
         for (part, bytes) in [

@@ -12,6 +12,8 @@ pub struct StoreStats {
     pub images: u64,
     pub blobs: u64,
     pub snapshots: u64,
+    /// Committed snapshots the background sync has not covered yet.
+    pub unsynced_snapshots: u64,
     pub leases: u64,
     pub ingests: u64,
     /// Bytes of verified blobs.

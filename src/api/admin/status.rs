@@ -21,6 +21,7 @@ pub async fn daemon_status(
         content_bytes: stats.content_bytes,
         ingest_bytes: stats.ingest_bytes,
         snapshot_bytes: stats.snapshot_bytes,
+        unsynced_snapshots: stats.unsynced_snapshots,
         limits: service.limits_in_force().into_iter().collect(),
         last_gc_summary: state.last_gc_summary().unwrap_or_default(),
         last_reconcile_summary: state.last_reconcile_summary().unwrap_or_default(),
