@@ -4,7 +4,10 @@
 //!
 //! Checked: the record invariants (`metadata::check_consistency`); every
 //! recorded blob's file present with its recorded size (and, with
-//! `verify_content`, its digest); every committed snapshot's directory present;
+//! `verify_content`, its digest); every committed snapshot's directory present,
+//! and synced unless the kernel that wrote it is still running (an unsynced
+//! mark of an earlier kernel boot: the machine went down before the sync, and
+//! the files may be incomplete);
 //! every ready image whole (its blobs and its snapshot chain); and no file
 //! that no record names (orphans under `content/blobs`, `content/ingest`,
 //! by the same rule gc uses: an ingest record names its partial file and the
@@ -31,12 +34,15 @@ use crate::metadata::{
 use crate::reference::{Digest, DigestHasher};
 
 /// What to do besides checking.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FsckOptions {
     /// Re-hash every blob and compare with its digest (reads all content).
     pub verify_content: bool,
     /// Fix what can be fixed (see the module comment).
     pub repair: bool,
+    /// The running kernel boot, which unsynced marks are checked against;
+    /// `None` reads it from the kernel.
+    pub kernel_boot_id: Option<String>,
 }
 
 /// One problem found, naming the object it concerns.
@@ -57,6 +63,14 @@ pub enum FsckProblem {
     BlobContentMismatch { digest: Digest, actual: Digest },
     #[error("snapshot {chain_id}: directory {} is missing", path.display())]
     SnapshotDirectoryMissing { chain_id: Digest, path: PathBuf },
+    #[error(
+        "snapshot {chain_id}: committed under kernel boot {kernel_boot_id} and not synced before \
+         the machine restarted; its files may be incomplete"
+    )]
+    SnapshotNotSyncedBeforeRestart {
+        chain_id: Digest,
+        kernel_boot_id: String,
+    },
     #[error("ready image {image_id} is broken: {cause}")]
     BrokenReadyImage { image_id: Digest, cause: String },
     #[error("orphan file {} (no record names it)", path.display())]
@@ -126,7 +140,8 @@ pub fn broken_ready_images(
     layout: &StoreLayout,
 ) -> Result<Vec<(Digest, String)>, FsckError> {
     let read = metadata.read()?;
-    let damage = file_damage(layout, &read.blobs()?, &read.snapshots()?, false)?;
+    // Unsynced marks are reconciliation's own first step, done by now.
+    let damage = file_damage(layout, &read.blobs()?, &read.snapshots()?, &[], false)?;
     Ok(ready_images_broken_by(&read, &damage)?.0)
 }
 
@@ -140,6 +155,7 @@ fn file_damage(
     layout: &StoreLayout,
     blobs: &[crate::metadata::Blob],
     snapshots: &[crate::metadata::Snapshot],
+    unsynced_before_restart: &[crate::metadata::UnsyncedSnapshot],
     verify_content: bool,
 ) -> Result<FileDamage, FsckError> {
     let mut damage = FileDamage {
@@ -167,6 +183,15 @@ fn file_damage(
             };
             damage.snapshots.insert(snapshot.chain_id.clone(), problem);
         }
+    }
+    for mark in unsynced_before_restart {
+        damage
+            .snapshots
+            .entry(mark.chain_id.clone())
+            .or_insert_with(|| FsckProblem::SnapshotNotSyncedBeforeRestart {
+                chain_id: mark.chain_id.clone(),
+                kernel_boot_id: mark.kernel_boot_id.clone(),
+            });
     }
     Ok(damage)
 }
@@ -237,7 +262,23 @@ pub fn fsck(
     // are check_consistency's).
     let blobs = read.blobs()?;
     let snapshots = read.snapshots()?;
-    let damage = file_damage(layout, &blobs, &snapshots, options.verify_content)?;
+    let running_kernel_boot = options.kernel_boot_id.clone().unwrap_or_else(|| {
+        crate::snapshot_store::sync::kernel_boot_id(Path::new(
+            crate::snapshot_store::sync::KERNEL_BOOT_ID_PATH,
+        ))
+    });
+    let unsynced_before_restart: Vec<_> = read
+        .unsynced_snapshots()?
+        .into_iter()
+        .filter(|mark| mark.kernel_boot_id != running_kernel_boot)
+        .collect();
+    let damage = file_damage(
+        layout,
+        &blobs,
+        &snapshots,
+        &unsynced_before_restart,
+        options.verify_content,
+    )?;
     report.blobs_checked = blobs.len() as u64;
     report.snapshots_checked = snapshots.len() as u64;
     report.problems.extend(damage.blobs.values().cloned());
@@ -377,7 +418,7 @@ fn repair(
         }
         for chain_id in damage.snapshots.keys() {
             txn.remove_snapshot(chain_id)?;
-            repairs.push(format!("removed the record of missing snapshot {chain_id}"));
+            repairs.push(format!("removed the record of damaged snapshot {chain_id}"));
         }
         // Last: the images' states may have changed above.
         txn.rebuild_indexes()?;
@@ -525,4 +566,94 @@ fn remove_path(path: &Path) -> Result<(), FsckError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod unsynced_tests {
+    use super::*;
+    use crate::gc::tests::{Fixture, digest};
+    use crate::metadata::UnsyncedSnapshot;
+
+    #[test]
+    fn a_snapshot_left_unsynced_by_an_earlier_kernel_boot_is_damage_that_repair_sends_back_to_the_registry()
+     {
+        let fixture = Fixture::new();
+        let [s1, s2, s3] = [1, 2, 3].map(|number| digest(0x5b, number));
+        let layer = |number| digest(0x1b, number);
+        let stale = fixture.image(
+            1,
+            ImageState::Ready,
+            &[layer(1), layer(2)],
+            &[s1.clone(), s2.clone()],
+        );
+        let current = fixture.image(
+            2,
+            ImageState::Ready,
+            &[layer(1), layer(3)],
+            &[s1.clone(), s3.clone()],
+        );
+        for (chain_id, kernel_boot_id) in [(&s2, "boot-before"), (&s3, "boot-now")] {
+            let mark = UnsyncedSnapshot {
+                chain_id: chain_id.clone(),
+                kernel_boot_id: kernel_boot_id.to_owned(),
+                committed_unix_ms: 1,
+            };
+            fixture
+                .metadata
+                .write(|txn| txn.put_unsynced_snapshot(&mark))
+                .unwrap();
+        }
+        let layout = StoreLayout::under_root(&fixture.root);
+        let options = FsckOptions {
+            kernel_boot_id: Some("boot-now".to_owned()),
+            ..FsckOptions::default()
+        };
+
+        let report = fsck(&fixture.metadata, &layout, options.clone()).unwrap();
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(
+            report
+                .problems
+                .contains(&FsckProblem::SnapshotNotSyncedBeforeRestart {
+                    chain_id: s2.clone(),
+                    kernel_boot_id: "boot-before".to_owned(),
+                })
+        );
+        assert!(report.problems.iter().any(|problem| matches!(
+            problem,
+            FsckProblem::BrokenReadyImage { image_id, .. } if *image_id == stale
+        )));
+
+        let repaired = fsck(
+            &fixture.metadata,
+            &layout,
+            FsckOptions {
+                repair: true,
+                ..options
+            },
+        )
+        .unwrap();
+        assert!(!repaired.repairs.is_empty());
+        let read = fixture.metadata.read().unwrap();
+        assert_eq!(
+            read.image(&stale).unwrap().unwrap().state,
+            ImageState::GcPending
+        );
+        assert_eq!(
+            read.image(&current).unwrap().unwrap().state,
+            ImageState::Ready
+        );
+        assert_eq!(read.snapshot(&s2).unwrap(), None);
+        assert!(read.snapshot(&s3).unwrap().is_some());
+        assert_eq!(
+            read.unsynced_snapshots()
+                .unwrap()
+                .iter()
+                .map(|mark| &mark.chain_id)
+                .collect::<Vec<_>>(),
+            [&s3],
+            "the running boot's mark stays for the daemon's sync"
+        );
+        fixture.assert_consistent();
+    }
 }

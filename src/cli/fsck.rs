@@ -42,6 +42,7 @@ pub fn run(args: FsckArgs) -> Result<ExitCode, CliError> {
     let options = FsckOptions {
         verify_content: args.verify_content,
         repair: args.repair,
+        kernel_boot_id: None,
     };
     let report = fsck(&metadata, &layout, options)?;
     let text = match args.output {
