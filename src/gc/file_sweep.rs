@@ -32,8 +32,9 @@
 //! writers are held (one rename each) and deleted after they are released, so
 //! the hold lasts as long as the listing, not as long as freeing the space.
 //! Freeing is what takes time: the kernel releases every page of a deleted
-//! file (about 0.15 s per GiB on tmpfs, of one core), so the trash is emptied
-//! by one thread per core, largest entries first.
+//! file (about 0.15 s per GiB on tmpfs, of one core) and, on a disk mounted
+//! with `discard`, waits for the device to discard its extents, so the trash
+//! is emptied by two threads per core, largest entries first.
 
 use std::path::{Path, PathBuf};
 
@@ -106,9 +107,13 @@ struct Trashed {
     file_bytes: Option<u64>,
 }
 
-/// Deletes the trashed entries with one thread per core (at most 4),
+/// Deletes the trashed entries with two threads per core (2 to 8),
 /// directories first (unpacked layers, the bulk of an image), then files by
-/// size, largest first; answers the bytes freed.
+/// size, largest first; answers the bytes freed. Two per core because an
+/// unlink of a large file mostly waits: on a filesystem mounted with
+/// `discard` it returns only once the device has discarded every extent,
+/// and more unlinks in flight overlap those waits (RemoveImage of `large`
+/// until reclaimed, median of 6: 0.177 s with 2 threads, 0.165 s with 4).
 fn delete_in_parallel(mut trashed: Vec<Trashed>) -> Result<u64, GcError> {
     if trashed.is_empty() {
         return Ok(0);
@@ -116,7 +121,8 @@ fn delete_in_parallel(mut trashed: Vec<Trashed>) -> Result<u64, GcError> {
     trashed.sort_by_key(|entry| std::cmp::Reverse(entry.file_bytes.unwrap_or(u64::MAX)));
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .clamp(1, 4)
+        .saturating_mul(2)
+        .clamp(2, 8)
         .min(trashed.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let delete_some = || -> Result<u64, GcError> {
