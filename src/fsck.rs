@@ -572,7 +572,6 @@ fn remove_path(path: &Path) -> Result<(), FsckError> {
 mod unsynced_tests {
     use super::*;
     use crate::gc::tests::{Fixture, digest};
-    use crate::metadata::UnsyncedSnapshot;
 
     #[test]
     fn a_snapshot_left_unsynced_by_an_earlier_kernel_boot_is_damage_that_repair_sends_back_to_the_registry()
@@ -592,17 +591,8 @@ mod unsynced_tests {
             &[layer(1), layer(3)],
             &[s1.clone(), s3.clone()],
         );
-        for (chain_id, kernel_boot_id) in [(&s2, "boot-before"), (&s3, "boot-now")] {
-            let mark = UnsyncedSnapshot {
-                chain_id: chain_id.clone(),
-                kernel_boot_id: kernel_boot_id.to_owned(),
-                committed_unix_ms: 1,
-            };
-            fixture
-                .metadata
-                .write(|txn| txn.put_unsynced_snapshot(&mark))
-                .unwrap();
-        }
+        fixture.mark_unsynced(&s2, "boot-before");
+        fixture.mark_unsynced(&s3, "boot-now");
         let layout = StoreLayout::under_root(&fixture.root);
         let options = FsckOptions {
             kernel_boot_id: Some("boot-now".to_owned()),

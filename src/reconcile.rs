@@ -334,19 +334,6 @@ fn drop_snapshots_lost_in_a_reboot(
 mod tests {
     use super::*;
     use crate::gc::tests::{Fixture, digest};
-    use crate::metadata::UnsyncedSnapshot;
-
-    fn mark_unsynced(fixture: &Fixture, chain_id: &Digest, kernel_boot_id: &str) {
-        let mark = UnsyncedSnapshot {
-            chain_id: chain_id.clone(),
-            kernel_boot_id: kernel_boot_id.to_owned(),
-            committed_unix_ms: 1,
-        };
-        fixture
-            .metadata
-            .write(|txn| txn.put_unsynced_snapshot(&mark))
-            .unwrap();
-    }
 
     fn state_of(fixture: &Fixture, image_id: &Digest) -> ImageState {
         fixture
@@ -386,8 +373,8 @@ mod tests {
             &[layer(1), layer(4)],
             &[s1.clone(), s4.clone()],
         );
-        mark_unsynced(&fixture, &s2, "boot-before-the-crash");
-        mark_unsynced(&fixture, &s4, "boot-now");
+        fixture.mark_unsynced(&s2, "boot-before-the-crash");
+        fixture.mark_unsynced(&s4, "boot-now");
         fixture.assert_consistent();
 
         let snapshots = SnapshotStore::open_for_kernel_boot(

@@ -35,6 +35,27 @@ fn two_layer_image(name: &str) -> BuiltImage {
         .build()
 }
 
+/// The daemon (JSON log) with `[snapshots]` `settings` and its kernel boot id
+/// read from a file the test rewrites to simulate a reboot; starts as
+/// `boot-one`. Returns the directory holding both files, and that file.
+fn daemon_under_kernel_boot(settings: &str) -> (tempfile::TempDir, PathBuf, DaemonProcess) {
+    let directory = tempfile::tempdir().unwrap();
+    let boot_id_file = directory.path().join("boot_id");
+    std::fs::write(&boot_id_file, "boot-one\n").unwrap();
+    let config = directory.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[snapshots]\n{settings}\nkernel_boot_id_file = \"{}\"\n",
+            boot_id_file.display()
+        ),
+    )
+    .unwrap();
+    let daemon =
+        DaemonProcess::start_with(&["--config", config.to_str().unwrap(), "--log-format", "json"]);
+    (directory, boot_id_file, daemon)
+}
+
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {
         image: image.to_owned(),
@@ -101,20 +122,7 @@ async fn a_restart_syncs_snapshots_left_unsynced_and_a_reboot_unpacks_them_again
     let first_reference = format!("{}/team/first:v1", registry.host());
     let second_reference = format!("{}/team/second:v1", registry.host());
 
-    let directory = tempfile::tempdir().unwrap();
-    let boot_id_file = directory.path().join("boot_id");
-    std::fs::write(&boot_id_file, "boot-one\n").unwrap();
-    let config = directory.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[snapshots]\nsync_delay = \"1h\"\nkernel_boot_id_file = \"{}\"\n",
-            boot_id_file.display()
-        ),
-    )
-    .unwrap();
-    let mut daemon =
-        DaemonProcess::start_with(&["--config", config.to_str().unwrap(), "--log-format", "json"]);
+    let (_directory, boot_id_file, mut daemon) = daemon_under_kernel_boot("sync_delay = \"1h\"");
     assert_eq!(
         pull(&daemon.socket, &first_reference).await,
         first.config_digest
@@ -207,20 +215,7 @@ async fn snapshots_are_synced_soon_after_their_pull_without_a_stop() {
         .push_image("team/soon", &image, "v1")
         .unwrap();
     let reference = format!("{}/team/soon:v1", registry.host());
-    let directory = tempfile::tempdir().unwrap();
-    let boot_id_file = directory.path().join("boot_id");
-    std::fs::write(&boot_id_file, "boot-one\n").unwrap();
-    let config = directory.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[snapshots]\nkernel_boot_id_file = \"{}\"\n",
-            boot_id_file.display()
-        ),
-    )
-    .unwrap();
-    let mut daemon =
-        DaemonProcess::start_with(&["--config", config.to_str().unwrap(), "--log-format", "json"]);
+    let (_directory, boot_id_file, mut daemon) = daemon_under_kernel_boot("");
     assert_eq!(pull(&daemon.socket, &reference).await, image.config_digest);
     // Once the background sync has run, cut the power: the boot id changes
     // and the daemon gets no chance to sync on its way out.

@@ -238,6 +238,18 @@ impl Fixture {
         )
     }
 
+    /// Marks `chain_id` committed but not synced, under `kernel_boot_id`.
+    pub(crate) fn mark_unsynced(&self, chain_id: &Digest, kernel_boot_id: &str) {
+        let mark = crate::metadata::UnsyncedSnapshot {
+            chain_id: chain_id.clone(),
+            kernel_boot_id: kernel_boot_id.to_owned(),
+            committed_unix_ms: 1,
+        };
+        self.metadata
+            .write(|txn| txn.put_unsynced_snapshot(&mark))
+            .unwrap();
+    }
+
     pub(crate) fn assert_consistent(&self) {
         assert_eq!(
             check_consistency(&self.metadata.read().unwrap()).unwrap(),

@@ -22,6 +22,7 @@ use crate::metadata::tables::{self, meta_keys};
 pub const SCHEMA_VERSION: u64 = 3;
 
 /// One upgrade, from `from_version` to `from_version + 1`.
+#[derive(Clone, Copy)]
 pub(crate) struct MigrationStep {
     pub from_version: u64,
     pub description: &'static str,

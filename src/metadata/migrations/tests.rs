@@ -16,17 +16,10 @@ fn mark_v4(txn: &redb::WriteTransaction) -> Result<(), MetadataError> {
     Ok(())
 }
 
+/// The real steps to v3, then the synthetic one.
 const STEPS_TO_V4: &[MigrationStep] = &[
-    MigrationStep {
-        from_version: 1,
-        description: "index images by state",
-        apply: v1_to_v2::apply,
-    },
-    MigrationStep {
-        from_version: 2,
-        description: "track snapshots not yet synced",
-        apply: v2_to_v3::apply,
-    },
+    STEPS[0],
+    STEPS[1],
     MigrationStep {
         from_version: 3,
         description: "synthetic test step",
