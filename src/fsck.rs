@@ -262,11 +262,10 @@ pub fn fsck(
     // are check_consistency's).
     let blobs = read.blobs()?;
     let snapshots = read.snapshots()?;
-    let running_kernel_boot = options.kernel_boot_id.clone().unwrap_or_else(|| {
-        crate::snapshot_store::sync::kernel_boot_id(Path::new(
-            crate::snapshot_store::sync::KERNEL_BOOT_ID_PATH,
-        ))
-    });
+    let running_kernel_boot = options
+        .kernel_boot_id
+        .clone()
+        .unwrap_or_else(crate::snapshot_store::sync::running_kernel_boot_id);
     let unsynced_before_restart: Vec<_> = read
         .unsynced_snapshots()?
         .into_iter()

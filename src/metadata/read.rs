@@ -189,7 +189,20 @@ impl ReadSnapshot {
 
     /// Every committed snapshot no `syncfs` has covered yet.
     pub fn unsynced_snapshots(&self) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
-        scan_unsynced_snapshots(&self.table(UNSYNCED_SNAPSHOTS)?)
+        let unsynced = self.table(UNSYNCED_SNAPSHOTS)?;
+        let mut all = Vec::new();
+        for entry in unsynced
+            .iter()
+            .map_err(Storage::storage("scan unsynced snapshots"))?
+        {
+            let (key, value) = entry.map_err(Storage::storage("scan unsynced snapshots"))?;
+            all.push(
+                records::decode::<UnsyncedSnapshotRecord>(value.value())
+                    .and_then(|record| record.into_domain(key.value()))
+                    .map_err(Storage::corrupt("unsynced_snapshots", key.value()))?,
+            );
+        }
+        Ok(all)
     }
 
     pub fn lease(&self, id: &str) -> Result<Option<Lease>, MetadataError> {
@@ -470,22 +483,4 @@ pub(crate) fn fetch_ingest(
                 .map_err(Storage::corrupt("ingests", key))
         })
         .transpose()
-}
-
-pub(crate) fn scan_unsynced_snapshots(
-    unsynced: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
-    let mut all = Vec::new();
-    for entry in unsynced
-        .iter()
-        .map_err(Storage::storage("scan unsynced snapshots"))?
-    {
-        let (key, value) = entry.map_err(Storage::storage("scan unsynced snapshots"))?;
-        all.push(
-            records::decode::<UnsyncedSnapshotRecord>(value.value())
-                .and_then(|record| record.into_domain(key.value()))
-                .map_err(Storage::corrupt("unsynced_snapshots", key.value()))?,
-        );
-    }
-    Ok(all)
 }

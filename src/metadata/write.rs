@@ -296,9 +296,7 @@ impl WriteTxn {
 
     /// Removes a snapshot record, and its unsynced mark with it.
     pub fn remove_snapshot(&mut self, chain_id: &Digest) -> Result<bool, MetadataError> {
-        self.table(UNSYNCED_SNAPSHOTS)?
-            .remove(chain_id.as_str())
-            .map_err(Storage::storage("remove unsynced snapshot"))?;
+        self.remove_unsynced_mark(chain_id)?;
         Ok(self
             .table(SNAPSHOTS)?
             .remove(chain_id.as_str())
@@ -329,10 +327,6 @@ impl WriteTxn {
             .is_some())
     }
 
-    pub fn unsynced_snapshots(&self) -> Result<Vec<UnsyncedSnapshot>, MetadataError> {
-        read::scan_unsynced_snapshots(&self.table(UNSYNCED_SNAPSHOTS)?)
-    }
-
     /// Removes the unsynced mark `unsynced` if it is still the one recorded
     /// (a sync that started before the snapshot was committed again does not
     /// cover the new files); returns whether it did.
@@ -340,18 +334,14 @@ impl WriteTxn {
         &mut self,
         unsynced: &UnsyncedSnapshot,
     ) -> Result<bool, MetadataError> {
+        // The encoding is deterministic: equal bytes, equal mark.
+        let expected = records::encode(&UnsyncedSnapshotRecord::from_domain(unsynced));
         let mut table = self.table(UNSYNCED_SNAPSHOTS)?;
-        let current = table
+        let unchanged = table
             .get(unsynced.chain_id.as_str())
             .map_err(Storage::storage("read unsynced snapshot"))?
-            .map(|value| {
-                records::decode::<UnsyncedSnapshotRecord>(value.value()).map_err(Storage::corrupt(
-                    "unsynced_snapshots",
-                    unsynced.chain_id.as_str(),
-                ))
-            })
-            .transpose()?;
-        if current != Some(UnsyncedSnapshotRecord::from_domain(unsynced)) {
+            .is_some_and(|value| value.value() == expected.as_slice());
+        if !unchanged {
             return Ok(false);
         }
         table
@@ -366,7 +356,6 @@ impl WriteTxn {
 
     /// Every lease, in id order.
     pub fn leases(&self) -> Result<Vec<Lease>, MetadataError> {
-        use redb::ReadableTable;
         let table = self.table(LEASES)?;
         let mut leases = Vec::new();
         for entry in table.iter().map_err(Storage::storage("scan leases"))? {

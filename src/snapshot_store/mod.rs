@@ -108,8 +108,7 @@ impl SnapshotStore {
         directory: PathBuf,
         metadata: Arc<MetadataStore>,
     ) -> Result<SnapshotStore, SnapshotError> {
-        let kernel_boot_id = sync::kernel_boot_id(Path::new(sync::KERNEL_BOOT_ID_PATH));
-        SnapshotStore::open_for_kernel_boot(directory, metadata, kernel_boot_id)
+        SnapshotStore::open_for_kernel_boot(directory, metadata, sync::running_kernel_boot_id())
     }
 
     /// Opens the store for the kernel boot `kernel_boot_id`.

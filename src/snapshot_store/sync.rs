@@ -49,6 +49,11 @@ pub fn kernel_boot_id(path: &Path) -> String {
     }
 }
 
+/// The running kernel's boot id, from [`KERNEL_BOOT_ID_PATH`].
+pub fn running_kernel_boot_id() -> String {
+    kernel_boot_id(Path::new(KERNEL_BOOT_ID_PATH))
+}
+
 impl SnapshotStore {
     /// Makes every committed snapshot durable: one `syncfs`, then the marks
     /// read before it are removed in one transaction. Returns how many marks
