@@ -1,4 +1,4 @@
-//! The byte stream under each accepted CRI connection. It does two things
+//! The byte stream under each accepted CRI connection. It does three things
 //! to the bytes between the socket and h2.
 //!
 //! Reading: what the client sends goes through an
@@ -18,12 +18,22 @@
 //! raises the threshold to 1024 bytes, so such an answer leaves in one write.
 //! Larger answers (ListImages) are chained as before and cost one more
 //! `write` per 16 KiB frame, which is noise next to encoding them.
+//!
+//! Waking: the socket is registered with the reactor for readability only
+//! (see [`ReadRegisteredSocket`]), so the daemon is not woken each time the
+//! client reads an answer. With 20,000 back-to-back ImageStatus calls the
+//! daemon's context switches fell from about 35,000 to 21,000; on this VM
+//! with the kernel's default guest halt polling, the call's p50 fell from
+//! 69-108 us to 55-77 us (without polling, the run-to-run noise hides it).
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
@@ -33,16 +43,19 @@ use super::authority_rewrite::AuthorityRewriter;
 /// h2 on the way in, small frames coalesced on the way out.
 #[derive(Debug)]
 pub struct AcceptedConnection {
-    stream: UnixStream,
+    socket: ReadRegisteredSocket,
+    connect_info: UdsConnectInfo,
     authority_rewriter: AuthorityRewriter,
 }
 
 impl AcceptedConnection {
-    pub fn new(stream: UnixStream) -> AcceptedConnection {
-        AcceptedConnection {
-            stream,
+    pub fn new(stream: UnixStream) -> io::Result<AcceptedConnection> {
+        let connect_info = stream.connect_info();
+        Ok(AcceptedConnection {
+            socket: ReadRegisteredSocket::new(stream.into_std()?)?,
+            connect_info,
             authority_rewriter: AuthorityRewriter::new(),
-        }
+        })
     }
 }
 
@@ -54,7 +67,7 @@ impl AsyncRead for AcceptedConnection {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.authority_rewriter
-            .poll_read(Pin::new(&mut this.stream), context, buffer)
+            .poll_read(Pin::new(&mut this.socket), context, buffer)
     }
 }
 
@@ -64,15 +77,15 @@ impl AsyncWrite for AcceptedConnection {
         context: &mut Context<'_>,
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(context, buffer)
+        Pin::new(&mut self.get_mut().socket).poll_write(context, buffer)
     }
 
     fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(context)
+        Pin::new(&mut self.get_mut().socket).poll_flush(context)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(context)
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(context)
     }
 
     /// Coalescing (see the module comment).
@@ -85,7 +98,125 @@ impl Connected for AcceptedConnection {
     type ConnectInfo = UdsConnectInfo;
 
     fn connect_info(&self) -> UdsConnectInfo {
-        self.stream.connect_info()
+        self.connect_info.clone()
+    }
+}
+
+/// A unix stream socket registered with the reactor for readability only.
+///
+/// On a unix stream socket, every read by the peer tells the writer's
+/// waiters that there is room again, whether or not the writer ever ran out
+/// of it. A socket registered for writability as well (as
+/// `tokio::net::UnixStream` is) therefore wakes the daemon each time the
+/// client reads an answer, and that wakeup is sent from the client's
+/// `recvfrom`, on the client's time. Writes here go straight to the socket;
+/// only when one would block is a second registration, for writability, made
+/// on a duplicate of the descriptor (epoll tells registrations apart by
+/// descriptor), and it is dropped at the next flush.
+#[derive(Debug)]
+struct ReadRegisteredSocket {
+    readable: AsyncFd<std::os::unix::net::UnixStream>,
+    /// Present only while a write waits for room.
+    writable: Option<AsyncFd<OwnedFd>>,
+}
+
+impl ReadRegisteredSocket {
+    fn new(stream: std::os::unix::net::UnixStream) -> io::Result<ReadRegisteredSocket> {
+        stream.set_nonblocking(true)?;
+        Ok(ReadRegisteredSocket {
+            readable: register(stream, Interest::READABLE)?,
+            writable: None,
+        })
+    }
+
+    fn stream(&self) -> &std::os::unix::net::UnixStream {
+        self.readable.get_ref()
+    }
+}
+
+/// Registers `owner`'s descriptor with the current reactor for `interest`.
+fn register<T: AsRawFd>(owner: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: tokio requires the descriptor to stay open and the same for as
+    // long as the `AsyncFd` lives. `owner` is a `UnixStream` or an `OwnedFd`:
+    // it owns its descriptor, closes it only when dropped (which the
+    // `AsyncFd` does after deregistering), and this module never replaces it
+    // through `get_mut`.
+    unsafe { AsyncFd::register_with_interest(owner, interest) }.map_err(io::Error::from)
+}
+
+impl AsyncRead for ReadRegisteredSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let mut ready = ready!(this.readable.poll_read_ready(context))?;
+            let unfilled = buffer.initialize_unfilled();
+            let room = unfilled.len();
+            match ready.try_io(|socket| socket.get_ref().read(unfilled)) {
+                Ok(Ok(count)) => {
+                    // A short read emptied the socket: the next read would
+                    // only say "would block", so skip it (as tokio's own
+                    // streams do). Epoll reports whatever arrives later.
+                    if count > 0 && count < room {
+                        ready.clear_ready();
+                    }
+                    buffer.advance(count);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(error)) => return Poll::Ready(Err(error)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadRegisteredSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            match this.stream().write(buffer) {
+                Ok(count) => return Poll::Ready(Ok(count)),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+            if this.writable.is_none() {
+                let duplicate = this.stream().as_fd().try_clone_to_owned()?;
+                this.writable = Some(register(duplicate, Interest::WRITABLE)?);
+            }
+            let writable = this.writable.as_ref().expect("registered above");
+            let mut ready = ready!(writable.poll_write_ready(context))?;
+            let stream = this.readable.get_ref();
+            match ready.try_io(|_| {
+                let mut stream = stream;
+                stream.write(buffer)
+            }) {
+                Ok(Ok(count)) => return Poll::Ready(Ok(count)),
+                Ok(Err(error)) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(error)) => return Poll::Ready(Err(error)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes are unbuffered; the flush ends a batch, so a writability
+        // registration made during it is no longer needed.
+        self.get_mut().writable = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.writable = None;
+        Poll::Ready(this.stream().shutdown(Shutdown::Write))
     }
 }
 
@@ -99,7 +230,7 @@ mod tests {
     async fn bytes_that_are_not_http2_pass_through_both_ways_in_order_and_h2_is_told_not_vectored()
     {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut connection = AcceptedConnection::new(ours);
+        let mut connection = AcceptedConnection::new(ours).unwrap();
         assert!(!connection.is_write_vectored());
         // More than a unix socket buffers, so the writer must wait for the
         // reader part of the way. Not an HTTP/2 preface, so the reading side
@@ -124,6 +255,106 @@ mod tests {
         assert!(echoed == expected, "the echo comes back whole and in order");
     }
 
+    /// The event masks of every epoll registration of the socket file
+    /// `socket` (a duplicated descriptor shares its inode), read from
+    /// `/proc/self/fdinfo` of every epoll descriptor of this process.
+    fn epoll_masks_of(socket: &impl AsRawFd) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .unwrap()
+            .ino();
+        // By registration line: tokio's reactor holds its epoll instance
+        // under two descriptors, which list the same registrations.
+        let mut masks = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+            let entry = entry.unwrap();
+            let is_epoll = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:[eventpoll]");
+            if !is_epoll {
+                continue;
+            }
+            let Ok(info) = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            )) else {
+                continue;
+            };
+            for line in info.lines().filter(|line| line.starts_with("tfd:")) {
+                let mut words = line.split_whitespace();
+                let mask = words
+                    .find(|word| *word == "events:")
+                    .and_then(|_| words.next())
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+                let registered_inode = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("ino:"))
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+                if registered_inode == Some(inode) {
+                    masks.insert(
+                        line.to_owned(),
+                        mask.expect("an epoll registration has an event mask"),
+                    );
+                }
+            }
+        }
+        masks.into_values().collect()
+    }
+
+    const EPOLLIN: u32 = 0x1;
+    const EPOLLOUT: u32 = 0x4;
+
+    #[tokio::test]
+    async fn the_socket_is_watched_for_room_to_write_only_while_a_write_waits_for_it() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut connection = AcceptedConnection::new(ours).unwrap();
+        let masks = epoll_masks_of(connection.socket.stream());
+        assert_eq!(masks.len(), 1, "one registration: {masks:x?}");
+        assert!(
+            masks[0] & EPOLLIN != 0 && masks[0] & EPOLLOUT == 0,
+            "{masks:x?}"
+        );
+
+        // Write until the socket is full and the write has to wait.
+        let block = vec![7u8; 64 * 1024];
+        let mut written = 0;
+        std::future::poll_fn(|context| {
+            loop {
+                match Pin::new(&mut connection).poll_write(context, &block) {
+                    Poll::Ready(result) => written += result.unwrap(),
+                    Poll::Pending => return Poll::Ready(()),
+                }
+            }
+        })
+        .await;
+        let masks = epoll_masks_of(connection.socket.stream());
+        assert_eq!(
+            masks.len(),
+            2,
+            "a second registration while waiting: {masks:x?}"
+        );
+        assert!(
+            masks
+                .iter()
+                .any(|mask| mask & EPOLLOUT != 0 && mask & EPOLLIN == 0),
+            "{masks:x?}"
+        );
+
+        // The reader drains; the waiting write goes on, and the flush that
+        // ends the batch drops the registration for room.
+        let expected = written + block.len();
+        let reader = tokio::spawn(async move {
+            let mut received = vec![0u8; expected];
+            peer.read_exact(&mut received).await.unwrap();
+            received.iter().all(|byte| *byte == 7)
+        });
+        connection.write_all(&block).await.unwrap();
+        connection.flush().await.unwrap();
+        assert!(reader.await.unwrap(), "every byte arrived");
+        let masks = epoll_masks_of(connection.socket.stream());
+        assert_eq!(masks.len(), 1, "back to one registration: {masks:x?}");
+        assert!(masks[0] & EPOLLOUT == 0, "{masks:x?}");
+    }
+
     #[tokio::test]
     async fn h2_serving_an_accepted_connection_sees_grpc_cores_authority_rewritten() {
         let (ours, mut client) = UnixStream::pair().unwrap();
@@ -138,7 +369,7 @@ mod tests {
         sent.extend_from_slice(&block);
         client.write_all(&sent).await.unwrap();
 
-        let mut connection = h2::server::handshake(AcceptedConnection::new(ours))
+        let mut connection = h2::server::handshake(AcceptedConnection::new(ours).unwrap())
             .await
             .unwrap();
         let (request, _respond) = connection.accept().await.unwrap().unwrap();

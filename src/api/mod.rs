@@ -82,7 +82,7 @@ pub async fn serve(
     );
     let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
     let incoming = UnixListenerStream::new(listener)
-        .map(|accepted| accepted.map(connection_io::AcceptedConnection::new));
+        .map(|accepted| accepted.and_then(connection_io::AcceptedConnection::new));
     tonic::transport::Server::builder()
         .layer(observe)
         .add_service(images)
