@@ -66,6 +66,11 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 50)]
         warmup: usize,
+        /// Sleep between timed calls, in milliseconds: 0 times them back to
+        /// back; more leaves both processes idle (and their CPUs halted)
+        /// before each call, as the kubelet's occasional calls find them.
+        #[arg(long = "pause-ms", default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Times `--count` ListImages calls (no filter) and reports the image count.
     ListLatency {
@@ -135,6 +140,7 @@ async fn run(arguments: Arguments) -> Result<serde_json::Value, BoxError> {
             reference,
             count,
             warmup,
+            pause_ms,
         } => {
             let mut client = image_client(&socket).await?;
             let request = ImageStatusRequest {
@@ -150,6 +156,9 @@ async fn run(arguments: Arguments) -> Result<serde_json::Value, BoxError> {
             }
             let mut latencies = Vec::with_capacity(count);
             for _ in 0..count {
+                if pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                }
                 let started = Instant::now();
                 client.image_status(request.clone()).await?;
                 latencies.push(started.elapsed());

@@ -822,3 +822,82 @@ async fn every_listing_shows_the_changes_made_before_it() {
         .unwrap();
     assert_eq!(listing(&mut images, None).await, vec![second_v1]);
 }
+
+#[tokio::test]
+async fn every_image_status_answer_shows_the_changes_made_before_it() {
+    let registry = TestRegistry::start();
+    let first = app_image("1000");
+    let second = app_image("2000");
+    let pusher = Pusher::new(&registry);
+    let daemon = DaemonProcess::start();
+    let mut images = images_of(&daemon).await;
+    let tag = format!("{}/team/moving:v1", registry.host());
+
+    async fn status(
+        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+        image: &str,
+    ) -> Option<(String, Vec<String>)> {
+        images
+            .image_status(cri::ImageStatusRequest {
+                image: spec(image),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .map(|image| (image.id, image.repo_tags))
+    }
+    async fn pull(
+        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+        reference: &str,
+    ) {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec(reference),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    // Each question is asked twice in a row: the second answer may come
+    // from memory, and must still be the right one.
+    for _ in 0..2 {
+        assert_eq!(status(&mut images, &tag).await, None);
+    }
+    pusher.push_image("team/moving", &first, "v1").unwrap();
+    pull(&mut images, &tag).await;
+    for _ in 0..2 {
+        assert_eq!(
+            status(&mut images, &tag).await,
+            Some((first.config_digest.clone(), vec![tag.clone()])),
+            "absent before the pull, present after it"
+        );
+    }
+
+    // The tag moves to another image: the name's answer follows it, and the
+    // first image, asked for by id, has lost the name.
+    pusher.push_image("team/moving", &second, "v1").unwrap();
+    pull(&mut images, &tag).await;
+    for _ in 0..2 {
+        assert_eq!(
+            status(&mut images, &tag).await,
+            Some((second.config_digest.clone(), vec![tag.clone()]))
+        );
+        assert_eq!(
+            status(&mut images, &first.config_digest).await,
+            Some((first.config_digest.clone(), vec![]))
+        );
+    }
+
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&tag) })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(status(&mut images, &tag).await, None);
+        assert_eq!(status(&mut images, &second.config_digest).await, None);
+        assert!(status(&mut images, &first.config_digest).await.is_some());
+    }
+}

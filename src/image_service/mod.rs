@@ -11,6 +11,8 @@
 //! - `pull_progress`: the live per-layer progress table of one pull.
 //! - `pull_result`: the metrics' `result` label of a failed pull, from the
 //!   error enums in one function.
+//! - `status_memo`: ImageStatus answers, kept until an image or a name
+//!   changes.
 //! - `store_stats`: the store's counts and sizes for metrics and `status`.
 
 mod extraction_slots;
@@ -22,6 +24,7 @@ pub mod mount;
 pub mod pull;
 pub mod pull_progress;
 mod pull_result;
+mod status_memo;
 mod store_stats;
 
 use std::collections::BTreeMap;
@@ -187,6 +190,7 @@ pub struct ImageService {
     gc: Arc<GarbageCollector>,
     inflight: Arc<inflight_pulls::InflightPulls<ServiceError>>,
     metrics: Arc<crate::metrics::Metrics>,
+    status_memo: status_memo::StatusMemo,
 }
 
 /// What an [`ImageService`] works with.
@@ -218,6 +222,7 @@ impl ImageService {
             inflight: Arc::new(inflight_pulls::InflightPulls::new(parts.settings.limits)),
             settings: parts.settings,
             metrics: parts.metrics,
+            status_memo: status_memo::StatusMemo::new(),
         }
     }
 
@@ -258,6 +263,17 @@ impl ImageService {
 
     /// The ready image `image` names, if any (absence is not an error).
     pub fn image_status(&self, image: &str) -> Result<Option<ImageView>, ServiceError> {
+        // Read before the store is: see `status_memo`.
+        let generation = self.metadata.image_generation();
+        if let Some(answer) = self.status_memo.get(generation, image) {
+            return Ok(answer);
+        }
+        let answer = self.image_status_from_store(image)?;
+        self.status_memo.insert(generation, image, &answer);
+        Ok(answer)
+    }
+
+    fn image_status_from_store(&self, image: &str) -> Result<Option<ImageView>, ServiceError> {
         let selector = ImageSelector::parse(image)?;
         let snapshot = self.metadata.read()?;
         let Some(found) = lookup::find_image(&snapshot, &selector)? else {

@@ -387,6 +387,13 @@ impl MetadataStore {
         Ok(listing)
     }
 
+    /// How many commits changed an image or a name since the store was
+    /// opened. Every such commit counts before its `write` returns, so a
+    /// snapshot taken after reading a generation holds every change it counts.
+    pub fn image_generation(&self) -> u64 {
+        self.lock_image_list().generation
+    }
+
     fn lock_image_list(&self) -> std::sync::MutexGuard<'_, ImageListCache> {
         // The cache holds no invariant a panic could break halfway: recover it.
         self.image_list
