@@ -116,8 +116,11 @@ impl Connected for AcceptedConnection {
 #[derive(Debug)]
 struct ReadRegisteredSocket {
     readable: AsyncFd<std::os::unix::net::UnixStream>,
-    /// Present only while a write waits for room.
+    /// Made when a write would block; dropped at the first flush with no
+    /// write waiting.
     writable: Option<AsyncFd<OwnedFd>>,
+    /// A write returned `Pending` and has not completed since.
+    write_waiting: bool,
 }
 
 impl ReadRegisteredSocket {
@@ -126,11 +129,22 @@ impl ReadRegisteredSocket {
         Ok(ReadRegisteredSocket {
             readable: register(stream, Interest::READABLE)?,
             writable: None,
+            write_waiting: false,
         })
     }
 
     fn stream(&self) -> &std::os::unix::net::UnixStream {
         self.readable.get_ref()
+    }
+}
+
+/// One `write`, retried when a signal interrupts it.
+fn write_to(mut stream: &std::os::unix::net::UnixStream, buffer: &[u8]) -> io::Result<usize> {
+    loop {
+        match stream.write(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            written => return written,
+        }
     }
 }
 
@@ -179,43 +193,53 @@ impl AsyncWrite for ReadRegisteredSocket {
         context: &mut Context<'_>,
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream().write(buffer) {
-                Ok(count) => return Poll::Ready(Ok(count)),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+        let ReadRegisteredSocket {
+            readable,
+            writable,
+            write_waiting,
+        } = self.get_mut();
+        let stream = readable.get_ref();
+        if !*write_waiting {
+            match write_to(stream, buffer) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
+                written => return Poll::Ready(written),
             }
-            if this.writable.is_none() {
-                let duplicate = this.stream().as_fd().try_clone_to_owned()?;
-                this.writable = Some(register(duplicate, Interest::WRITABLE)?);
+            if writable.is_none() {
+                let duplicate = stream.as_fd().try_clone_to_owned()?;
+                *writable = Some(register(duplicate, Interest::WRITABLE)?);
             }
-            let writable = this.writable.as_ref().expect("registered above");
-            let mut ready = ready!(writable.poll_write_ready(context))?;
-            let stream = this.readable.get_ref();
-            match ready.try_io(|_| {
-                let mut stream = stream;
-                stream.write(buffer)
-            }) {
-                Ok(Ok(count)) => return Poll::Ready(Ok(count)),
-                Ok(Err(error)) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(error)) => return Poll::Ready(Err(error)),
-                Err(_would_block) => continue,
+            *write_waiting = true;
+        }
+        let registration = writable.as_ref().expect("registered when the wait began");
+        loop {
+            let mut ready = match ready!(registration.poll_write_ready(context)) {
+                Ok(ready) => ready,
+                Err(error) => {
+                    *write_waiting = false;
+                    return Poll::Ready(Err(error));
+                }
+            };
+            if let Ok(written) = ready.try_io(|_| write_to(stream, buffer)) {
+                *write_waiting = false;
+                return Poll::Ready(written);
             }
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Writes are unbuffered; the flush ends a batch, so a writability
-        // registration made during it is no longer needed.
-        self.get_mut().writable = None;
+        // Writes are unbuffered; a flush with no write waiting ends a batch,
+        // so a writability registration made during it is no longer needed.
+        let this = self.get_mut();
+        if !this.write_waiting {
+            this.writable = None;
+        }
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _context: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.writable = None;
+        this.write_waiting = false;
         Poll::Ready(this.stream().shutdown(Shutdown::Write))
     }
 }
@@ -326,6 +350,10 @@ mod tests {
             }
         })
         .await;
+        // A flush while the write waits must not drop what will wake it.
+        std::future::poll_fn(|context| Pin::new(&mut connection).poll_flush(context))
+            .await
+            .unwrap();
         let masks = epoll_masks_of(connection.socket.stream());
         assert_eq!(
             masks.len(),
