@@ -112,7 +112,8 @@ impl Connected for AcceptedConnection {
 /// `recvfrom`, on the client's time. Writes here go straight to the socket;
 /// only when one would block is a second registration, for writability, made
 /// on a duplicate of the descriptor (epoll tells registrations apart by
-/// descriptor), and it is dropped at the next flush.
+/// descriptor), and it is dropped at the first flush after that write
+/// completes.
 #[derive(Debug)]
 struct ReadRegisteredSocket {
     readable: AsyncFd<std::os::unix::net::UnixStream>,
