@@ -26,6 +26,7 @@ mod write_scans;
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,19 +51,23 @@ pub struct MetadataStore {
     db: redb::Database,
     path: PathBuf,
     image_list: Mutex<ImageListCache>,
+    /// Commits that changed an image or a name since opening. Bumped only
+    /// with `image_list` locked, so a reader holding that lock sees it still;
+    /// an atomic so that ImageStatus reads it without waiting for a listing
+    /// being patched.
+    image_generation: AtomicU64,
 }
 
 /// The last full image listing, kept until a commit changes an image or a name.
 ///
 /// Listing decodes every image record (about 2 µs each), while the kubelet
 /// lists far more often than images change. Correctness: a listing is cached
-/// only if no image-changing commit finished while it was computed
-/// (`generation` unchanged), and every such commit clears the cache before
+/// only if no image-changing commit finished while it was computed (the image
+/// generation unchanged), and every such commit clears the cache before
 /// `write` returns, so a client never lists a state older than one it was told
 /// about.
 #[derive(Default)]
 struct ImageListCache {
-    generation: u64,
     listing: Option<Arc<Vec<NamedImage>>>,
     /// Images patched into `listing` since it was last laid out whole.
     patched_images: usize,
@@ -133,6 +138,7 @@ impl MetadataStore {
             db,
             path,
             image_list: Mutex::default(),
+            image_generation: AtomicU64::new(0),
         };
 
         let has_tables = store
@@ -315,11 +321,11 @@ impl MetadataStore {
             if let Some(listing) = &cache.listing {
                 return Ok(listing.clone());
             }
-            cache.generation
+            self.image_generation.load(Ordering::Acquire)
         };
         let listing = Arc::new(self.read()?.list_images()?);
         let mut cache = self.lock_image_list();
-        if cache.generation == generation {
+        if self.image_generation.load(Ordering::Acquire) == generation {
             cache.listing = Some(listing.clone());
             cache.patched_images = 0;
         }
@@ -336,7 +342,7 @@ impl MetadataStore {
     /// new as the last commit that patched it, for every image it touched.
     fn update_image_list(&self, changed: Option<&BTreeSet<Digest>>) {
         let mut cache = self.lock_image_list();
-        cache.generation += 1;
+        self.image_generation.fetch_add(1, Ordering::Release);
         let (Some(listing), Some(changed)) = (cache.listing.take(), changed) else {
             return;
         };
@@ -391,7 +397,8 @@ impl MetadataStore {
     /// opened. Every such commit counts before its `write` returns, so a
     /// snapshot taken after reading a generation holds every change it counts.
     pub fn image_generation(&self) -> u64 {
-        self.lock_image_list().generation
+        // Acquire: pairs with the bump, which follows the commit it counts.
+        self.image_generation.load(Ordering::Acquire)
     }
 
     fn lock_image_list(&self) -> std::sync::MutexGuard<'_, ImageListCache> {
