@@ -26,6 +26,20 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
+/// Pulls `reference` with no credentials; any failure fails the test.
+async fn pull(
+    images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    reference: &str,
+) {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: spec(reference),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 fn app_image(user: &str) -> BuiltImage {
     ImageBuilder::new()
         .user(user)
@@ -766,18 +780,6 @@ async fn every_listing_shows_the_changes_made_before_it() {
         listed.sort();
         listed
     }
-    async fn pull(
-        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
-        reference: &str,
-    ) {
-        images
-            .pull_image(cri::PullImageRequest {
-                image: spec(reference),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
 
     assert_eq!(listing(&mut images, None).await, vec![]);
     pull(&mut images, &format!("{host}/team/first:v1")).await;
@@ -847,18 +849,6 @@ async fn every_image_status_answer_shows_the_changes_made_before_it() {
             .into_inner()
             .image
             .map(|image| (image.id, image.repo_tags))
-    }
-    async fn pull(
-        images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
-        reference: &str,
-    ) {
-        images
-            .pull_image(cri::PullImageRequest {
-                image: spec(reference),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
     }
 
     // Each question is asked twice in a row: the second answer may come
