@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub snapshots: FileSnapshots,
     #[serde(default)]
     pub log: FileLog,
+    #[serde(default)]
+    pub api: FileApi,
     /// Where to serve `/metrics`: `HOST:PORT` or an absolute unix socket path.
     pub metrics_address: Option<String>,
 }
@@ -102,6 +104,12 @@ pub struct FileGc {
 pub struct FileSnapshots {
     pub sync_delay: Option<String>,
     pub kernel_boot_id_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApi {
+    pub busy_poll_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -158,6 +166,9 @@ pub struct Config {
     /// Where the kernel boot id is read: it tells a restart of the daemon
     /// (page cache intact) from a reboot (unsynced snapshots distrusted).
     pub kernel_boot_id_file: PathBuf,
+    /// How long, in microseconds, a CRI connection whose client sends calls
+    /// back to back is polled after an answer instead of sleeping; 0 never.
+    pub busy_poll_us: u64,
     pub log_format: LogFormat,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: String,
@@ -344,6 +355,20 @@ impl Config {
             Some(path) => path.clone(),
             None => PathBuf::from(crate::snapshot_store::sync::KERNEL_BOOT_ID_PATH),
         };
+        let busy_poll_max_us = crate::api::BUSY_POLL_WINDOW_MAX.as_micros() as u64;
+        let busy_poll_us = match file.api.busy_poll_us {
+            None => crate::api::DEFAULT_BUSY_POLL_WINDOW.as_micros() as u64,
+            Some(us) if us > busy_poll_max_us => {
+                return Err(invalid(
+                    "api.busy_poll_us",
+                    &us.to_string(),
+                    &format!(
+                        "at most {busy_poll_max_us}: the polling holds a runtime worker thread"
+                    ),
+                ));
+            }
+            Some(us) => us,
+        };
         let log_format = match (raw.log_format, file.log.format.as_deref()) {
             (Some(format), _) => format,
             (None, None | Some("text")) => LogFormat::Text,
@@ -386,6 +411,7 @@ impl Config {
             gc_reconcile_grace_period_ms,
             snapshot_sync_delay_ms,
             kernel_boot_id_file,
+            busy_poll_us,
             log_format,
             log_level,
             metrics_address,
@@ -711,6 +737,7 @@ mod tests {
         assert_eq!(config.gc_interval_ms, 3_600_000);
         assert_eq!(config.gc_reconcile_grace_period_ms, 600_000);
         assert_eq!(config.snapshot_sync_delay_ms, 0);
+        assert_eq!(config.busy_poll_us, 200);
         assert_eq!(
             config.kernel_boot_id_file,
             PathBuf::from("/proc/sys/kernel/random/boot_id")
@@ -814,6 +841,8 @@ mod tests {
             [log]
             format = "json"
             level = "debug"
+            [api]
+            busy_poll_us = 0
             "#,
         )
         .unwrap();
@@ -853,6 +882,7 @@ mod tests {
         assert_eq!(config.kernel_boot_id_file, PathBuf::from("/run/boot-id"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.log_level, "debug");
+        assert_eq!(config.busy_poll_us, 0);
     }
 
     #[test]
@@ -877,6 +907,11 @@ mod tests {
                 "unknown field `batch`",
             ),
             ("[pull]\nmax_concurrent = -1", "max_concurrent"),
+            (
+                "[api]\nbusy_poll_us = 1001",
+                "config key api.busy_poll_us: invalid value \"1001\": at most 1000",
+            ),
+            ("[api]\nbusy_poll_us = \"200us\"", "busy_poll_us"),
             ("[pull]\nmax_concurrent = \"one\"", "max_concurrent"),
             (
                 "[pull]\nmax_concurrent_downloads = 0",

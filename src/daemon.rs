@@ -223,7 +223,12 @@ impl Daemon {
             );
             let _ = shutdown_started.send(true);
         };
-        let served = api::serve(self.listener, self.service.clone(), signalled);
+        let served = api::serve(
+            self.listener,
+            self.service.clone(),
+            std::time::Duration::from_micros(self.config.busy_poll_us),
+            signalled,
+        );
         tokio::pin!(served);
         let grace_over = async {
             if shutdown_seen.wait_for(|started| *started).await.is_err() {

@@ -439,3 +439,68 @@ fn a_bad_config_file_stops_the_daemon_naming_the_key_and_value() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown field `max_parallel`"), "{stderr}");
 }
+
+/// How many times the threads of process `pid` have gone to sleep (waiting
+/// in `epoll_wait`, on a lock, ...): their voluntary context switches.
+fn sleeps_of_process(pid: u32) -> u64 {
+    let mut sleeps = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        // A thread that ended since the listing has nothing to add.
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue;
+        };
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("voluntary_ctxt_switches:"))
+            .unwrap();
+        sleeps += line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    sleeps
+}
+
+/// Makes `calls` Version calls back to back on one connection to a daemon
+/// started with `api.busy_poll_us = busy_poll_us`; returns how many times
+/// the daemon went to sleep meanwhile.
+async fn daemon_sleeps_during_back_to_back_calls(busy_poll_us: u64, calls: u64) -> u64 {
+    let (_directory, path) = config_file(&format!("[api]\nbusy_poll_us = {busy_poll_us}\n"));
+    let daemon = DaemonProcess::start_with(&["--config", path.to_str().unwrap()]);
+    let mut runtime = client::runtime_client(&daemon.socket).await.unwrap();
+    let version = || cri::VersionRequest {
+        version: "v1".into(),
+    };
+    // The connection's setup and the first calls are not what is measured.
+    for _ in 0..10 {
+        runtime.version(version()).await.unwrap();
+    }
+    let before = sleeps_of_process(daemon.child.id());
+    for _ in 0..calls {
+        let answer = runtime.version(version()).await.unwrap().into_inner();
+        assert_eq!(answer.runtime_name, "cri-imaged");
+    }
+    sleeps_of_process(daemon.child.id()) - before
+}
+
+#[tokio::test]
+async fn a_client_calling_back_to_back_is_polled_for_instead_of_waking_the_daemon_for_each_call() {
+    const CALLS: u64 = 2_000;
+    // Off, the daemon sleeps between calls and is woken by each request:
+    // this is what the count below is compared with.
+    let unpolled = daemon_sleeps_during_back_to_back_calls(0, CALLS).await;
+    assert!(
+        unpolled >= CALLS * 9 / 10,
+        "without polling the daemon slept {unpolled} times in {CALLS} calls"
+    );
+    // On (with a window wide enough for a busy test machine), the next
+    // request is found by polling. A client that is late now and then (this
+    // machine runs other tests) costs a sleep, and one more call unpolled.
+    let polled = daemon_sleeps_during_back_to_back_calls(1_000, CALLS).await;
+    assert!(
+        polled <= CALLS / 4,
+        "with polling the daemon still slept {polled} times in {CALLS} calls (without: {unpolled})"
+    );
+}

@@ -6,10 +6,12 @@
 
 mod admin;
 mod authority_rewrite;
+mod busy_poll;
 pub mod client;
 pub mod codec;
 mod connection_io;
 mod convert;
+mod http2_frame;
 mod image_service;
 mod list_images_response;
 pub mod proto;
@@ -21,11 +23,16 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::image_service::ImageService;
+
+pub use busy_poll::{
+    DEFAULT_WINDOW as DEFAULT_BUSY_POLL_WINDOW, WINDOW_MAX as BUSY_POLL_WINDOW_MAX,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -66,10 +73,13 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ApiError> {
 }
 
 /// Serves the CRI services on `listener` until `shutdown` completes; then stops
-/// accepting and waits for the calls in flight.
+/// accepting and waits for the calls in flight. `busy_poll_window`: how long
+/// a connection whose client sends calls back to back is polled after an
+/// answer (see `busy_poll`); zero for never.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     service: Arc<ImageService>,
+    busy_poll_window: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
     let images = proto::runtime::v1::image_service_server::ImageServiceServer::new(
@@ -81,8 +91,9 @@ pub async fn serve(
         admin::AdminApi::new(service.clone()),
     );
     let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
-    let incoming = UnixListenerStream::new(listener)
-        .map(|accepted| accepted.and_then(connection_io::AcceptedConnection::new));
+    let incoming = UnixListenerStream::new(listener).map(move |accepted| {
+        accepted.and_then(|stream| connection_io::AcceptedConnection::new(stream, busy_poll_window))
+    });
     tonic::transport::Server::builder()
         .layer(observe)
         .add_service(images)

@@ -35,6 +35,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::http2_frame::{
+    CLIENT_PREFACE, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY,
+    FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, FRAME_TYPE_CONTINUATION, FRAME_TYPE_HEADERS,
+    FrameHeader,
+};
 use hpack::{DynamicTable, Field, HpackError};
 
 /// Header blocks up to this size are mirrored. h2 under hyper refuses header
@@ -47,11 +52,6 @@ pub const HEADER_BLOCK_BYTES_MAX: usize = 1024 * 1024;
 /// also where every client encoder's table starts.
 const HEADER_TABLE_SIZE_BYTES: usize = 4096;
 
-/// Frames of a rewritten block are cut to this size: every HTTP/2 endpoint
-/// accepts it (SETTINGS_MAX_FRAME_SIZE starts there and can only be raised),
-/// whatever our server advertises.
-const FRAME_PAYLOAD_BYTES_MAX: usize = 16_384;
-
 /// How much is asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -59,14 +59,6 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// the block is done, so a connection does not keep its worst case.
 const RETAINED_SCRATCH_BYTES_MAX: usize = 64 * 1024;
 
-const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER_BYTES: usize = 9;
-const FRAME_TYPE_HEADERS: u8 = 0x1;
-const FRAME_TYPE_CONTINUATION: u8 = 0x9;
-const FLAG_END_STREAM: u8 = 0x1;
-const FLAG_END_HEADERS: u8 = 0x4;
-const FLAG_PADDED: u8 = 0x8;
-const FLAG_PRIORITY: u8 = 0x20;
 const PRIORITY_FIELDS_BYTES: usize = 5;
 
 /// Rewrites the `:authority` of the HTTP/2 stream read through it (see the
@@ -136,14 +128,6 @@ enum Parse {
         scanned_bytes: usize,
     },
     PassThrough,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FrameHeader {
-    length: usize,
-    frame_type: u8,
-    flags: u8,
-    stream_id: u32,
 }
 
 /// One value to replace: its bytes in the joined block, and its new value in
@@ -507,28 +491,6 @@ impl fmt::Debug for AuthorityRewriter {
             .field("buffered_bytes", &(self.received - self.handed_out))
             .field("rewritten_blocks", &self.rewritten_blocks)
             .finish_non_exhaustive()
-    }
-}
-
-impl FrameHeader {
-    /// Reads the 9-byte frame header at the start of `bytes`.
-    fn parse(bytes: &[u8]) -> FrameHeader {
-        FrameHeader {
-            length: usize::from(bytes[0]) << 16
-                | usize::from(bytes[1]) << 8
-                | usize::from(bytes[2]),
-            frame_type: bytes[3],
-            flags: bytes[4],
-            stream_id: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff,
-        }
-    }
-
-    fn write(length: usize, frame_type: u8, flags: u8, stream_id: u32, output: &mut Vec<u8>) {
-        debug_assert!(length <= FRAME_PAYLOAD_BYTES_MAX);
-        output.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
-        output.push(frame_type);
-        output.push(flags);
-        output.extend_from_slice(&stream_id.to_be_bytes());
     }
 }
 

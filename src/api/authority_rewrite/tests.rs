@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::hpack::{STATIC_TABLE, huffman_encode, write_integer};
 use super::*;
+use crate::api::http2_frame::FRAME_TYPE_DATA;
 
 /// What grpc-core sends for `unix:///run/x/cri.sock`.
 const GRPC_CORE_AUTHORITY: &[u8] = b"run%2Fx%2Fcri.sock";
@@ -22,7 +23,6 @@ const VERSION_PATH: &[u8] = b"/runtime.v1.RuntimeService/Version";
 /// The path of the request that ends every test session (see `accepted_by_h2`).
 const END_PATH: &str = "/end";
 
-const FRAME_TYPE_DATA: u8 = 0x0;
 const FRAME_TYPE_SETTINGS: u8 = 0x4;
 const FRAME_TYPE_PING: u8 = 0x6;
 const FRAME_TYPE_WINDOW_UPDATE: u8 = 0x8;
