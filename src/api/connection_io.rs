@@ -270,6 +270,8 @@ impl AsyncWrite for ReadRegisteredSocket {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -405,6 +407,87 @@ mod tests {
         let masks = epoll_masks_of(connection.socket.stream());
         assert_eq!(masks.len(), 1, "back to one registration: {masks:x?}");
         assert!(masks[0] & EPOLLOUT == 0, "{masks:x?}");
+    }
+
+    /// An h2 server on an accepted connection that polls for 10 s, and an h2
+    /// client on another thread: a poll would show as a 10 s stall.
+    #[test]
+    fn polling_never_holds_up_an_answer_and_ends_when_the_client_sends_or_leaves() {
+        const WINDOW: Duration = Duration::from_secs(10);
+        const STALL: Duration = Duration::from_secs(5);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let current_thread = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        // One thread, as a runtime worker: while the connection polls, the
+        // tasks that answer cannot run.
+        let server = std::thread::spawn(move || {
+            current_thread().block_on(async move {
+                let socket = UnixStream::from_std(ours).unwrap();
+                let connection = AcceptedConnection::new(socket, WINDOW).unwrap();
+                let mut connection = h2::server::handshake(connection).await.unwrap();
+                while let Some(accepted) = connection.accept().await {
+                    let (request, mut respond) = accepted.unwrap();
+                    let delay = match request.uri().path() {
+                        "/slow" => Duration::from_millis(200),
+                        _ => Duration::ZERO,
+                    };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let mut body = respond
+                            .send_response(http::Response::new(()), false)
+                            .unwrap();
+                        body.send_data(bytes::Bytes::from_static(b"answer"), true)
+                            .unwrap();
+                    });
+                }
+            });
+            Instant::now()
+        });
+        let left_at = current_thread().block_on(async move {
+            let socket = UnixStream::from_std(theirs).unwrap();
+            let (client, connection) = h2::client::handshake(socket).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let call = |path: &str| {
+                let request = http::Request::get(format!("http://localhost{path}"))
+                    .body(())
+                    .unwrap();
+                let (answer, _) = client.clone().send_request(request, true).unwrap();
+                async move {
+                    let mut body = answer.await.unwrap().into_body();
+                    assert_eq!(body.data().await.unwrap().unwrap(), "answer");
+                }
+            };
+            // Back to back: from the second call on, the flush after each
+            // answer polls, and the next request ends the poll.
+            for _ in 0..5 {
+                let started = Instant::now();
+                call("/fast").await;
+                assert!(started.elapsed() < STALL, "a poll outlived the request");
+            }
+            // The fast answer goes out while the slow stream is still
+            // awaited: that flush must not poll, or the slow answer's task
+            // would not run until the window ends.
+            let started = Instant::now();
+            let slow = call("/slow");
+            let fast = call("/fast");
+            fast.await;
+            slow.await;
+            assert!(started.elapsed() < STALL, "an answer was held up by a poll");
+            drop(client);
+            connection.await.unwrap().unwrap();
+            Instant::now()
+        });
+        let server_done_at = server.join().unwrap();
+        assert!(
+            server_done_at.saturating_duration_since(left_at) < STALL,
+            "a poll outlived the client's hangup"
+        );
     }
 
     #[tokio::test]
