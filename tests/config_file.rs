@@ -12,6 +12,7 @@ use cri_imaged::api::proto::cri_imaged::admin::v1 as admin;
 use cri_imaged::api::proto::cri_imaged::admin::v1::admin_service_client::AdminServiceClient;
 use cri_imaged::api::proto::runtime::v1 as cri;
 
+use crate::metrics::{Scrape, scrape_unix};
 use crate::pull_progress::incompressible;
 use crate::support::daemon_process::DaemonProcess;
 use crate::support::fault_proxy::{Fault, FaultProxy, FaultRule};
@@ -463,11 +464,23 @@ fn sleeps_of_process(pid: u32) -> u64 {
     sleeps
 }
 
+/// What the daemon did during `calls` Version calls made back to back on one
+/// connection.
+struct BackToBackCalls {
+    /// How many times the daemon's threads went to sleep.
+    sleeps: u64,
+    /// Polls its metrics count as ended by the client's next request.
+    polls_ended_by_input: f64,
+}
+
 /// Makes `calls` Version calls back to back on one connection to a daemon
-/// started with `api.busy_poll_us = busy_poll_us`; returns how many times
-/// the daemon went to sleep meanwhile.
-async fn daemon_sleeps_during_back_to_back_calls(busy_poll_us: u64, calls: u64) -> u64 {
-    let (_directory, path) = config_file(&format!("[api]\nbusy_poll_us = {busy_poll_us}\n"));
+/// started with `api.busy_poll_us = busy_poll_us`.
+async fn back_to_back_calls(busy_poll_us: u64, calls: u64) -> BackToBackCalls {
+    let metrics_directory = tempfile::tempdir().unwrap();
+    let metrics_socket = metrics_directory.path().join("metrics.sock");
+    let (_directory, path) = config_file(&format!(
+        "metrics_address = {metrics_socket:?}\n[api]\nbusy_poll_us = {busy_poll_us}\n"
+    ));
     let daemon = DaemonProcess::start_with(&["--config", path.to_str().unwrap()]);
     let mut runtime = client::runtime_client(&daemon.socket).await.unwrap();
     let version = || cri::VersionRequest {
@@ -477,12 +490,21 @@ async fn daemon_sleeps_during_back_to_back_calls(busy_poll_us: u64, calls: u64) 
     for _ in 0..10 {
         runtime.version(version()).await.unwrap();
     }
-    let before = sleeps_of_process(daemon.child.id());
+    let polls_ended_by_input = || {
+        let scrape = Scrape::parse(&scrape_unix(&metrics_socket));
+        scrape.value("cri_imaged_api_busy_polls_total", &[("outcome", "input")])
+    };
+    let polls_before = polls_ended_by_input();
+    let sleeps_before = sleeps_of_process(daemon.child.id());
     for _ in 0..calls {
         let answer = runtime.version(version()).await.unwrap().into_inner();
         assert_eq!(answer.runtime_name, "cri-imaged");
     }
-    sleeps_of_process(daemon.child.id()) - before
+    let sleeps = sleeps_of_process(daemon.child.id()) - sleeps_before;
+    BackToBackCalls {
+        sleeps,
+        polls_ended_by_input: polls_ended_by_input() - polls_before,
+    }
 }
 
 #[tokio::test]
@@ -490,17 +512,23 @@ async fn a_client_calling_back_to_back_is_polled_for_instead_of_waking_the_daemo
     const CALLS: u64 = 2_000;
     // Off, the daemon sleeps between calls and is woken by each request:
     // this is what the count below is compared with.
-    let unpolled = daemon_sleeps_during_back_to_back_calls(0, CALLS).await;
+    let unpolled = back_to_back_calls(0, CALLS).await;
     assert!(
-        unpolled >= CALLS * 9 / 10,
-        "without polling the daemon slept {unpolled} times in {CALLS} calls"
+        unpolled.sleeps >= CALLS * 9 / 10 && unpolled.polls_ended_by_input == 0.0,
+        "without polling the daemon slept {} times in {CALLS} calls and polled {}",
+        unpolled.sleeps,
+        unpolled.polls_ended_by_input
     );
     // On (with a window wide enough for a busy test machine), the next
     // request is found by polling. A client that is late now and then (this
     // machine runs other tests) costs a sleep, and one more call unpolled.
-    let polled = daemon_sleeps_during_back_to_back_calls(1_000, CALLS).await;
+    let polled = back_to_back_calls(1_000, CALLS).await;
     assert!(
-        polled <= CALLS / 4,
-        "with polling the daemon still slept {polled} times in {CALLS} calls (without: {unpolled})"
+        polled.sleeps <= CALLS / 4 && polled.polls_ended_by_input >= (CALLS * 3 / 4) as f64,
+        "with polling the daemon slept {} times in {CALLS} calls (without: {}), \
+         and {} polls ended with a request",
+        polled.sleeps,
+        unpolled.sleeps,
+        polled.polls_ended_by_input
     );
 }

@@ -103,7 +103,7 @@ fn scrape_tcp(address: &str) -> String {
 
 /// `GET /metrics` over a unix socket, as plain HTTP/1.1 with
 /// `Connection: close` (ureq speaks TCP only).
-fn scrape_unix(path: &Path) -> String {
+pub(crate) fn scrape_unix(path: &Path) -> String {
     let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -117,10 +117,10 @@ fn scrape_unix(path: &Path) -> String {
 }
 
 /// A parsed scrape, looked up by metric name and (a subset of) labels.
-struct Scrape(prometheus_parse::Scrape);
+pub(crate) struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
-    fn parse(text: &str) -> Scrape {
+    pub(crate) fn parse(text: &str) -> Scrape {
         assert!(text.ends_with("# EOF\n"), "{text}");
         let lines = text.lines().map(|line| Ok(line.to_owned()));
         Scrape(prometheus_parse::Scrape::parse(lines).unwrap())
@@ -128,7 +128,7 @@ impl Scrape {
 
     /// The value of the sample `metric` whose labels include `labels`; 0
     /// when there is none yet (a family shows a label set once it is used).
-    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
         let matching: Vec<f64> = self
             .0
             .samples

@@ -29,7 +29,10 @@
 //! shares our CPU still runs.
 
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
 
 use super::http2_frame::{FRAME_TYPE_HEADERS, FRAME_TYPE_RST_STREAM, FrameFollower, FrameHeader};
 
@@ -48,7 +51,6 @@ const AWAITED_STREAMS_MAX: usize = 1024;
 
 /// One per connection: follows its bytes and polls when the client is
 /// expected back soon.
-#[derive(Debug)]
 pub struct BusyPoll {
     /// `Duration::ZERO` turns everything here off.
     window: Duration,
@@ -59,15 +61,18 @@ pub struct BusyPoll {
     /// The client's last request came within `window` of the moment it had
     /// nothing left to wait for.
     client_returns_quickly: bool,
+    /// Where each poll is counted, with the time it took.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl BusyPoll {
-    pub fn new(window: Duration) -> BusyPoll {
+    pub fn new(window: Duration, metrics: Option<Arc<Metrics>>) -> BusyPoll {
         BusyPoll {
             window,
             streams: AwaitedStreams::new(),
             idle_since: None,
             client_returns_quickly: false,
+            metrics,
         }
     }
 
@@ -96,18 +101,34 @@ impl BusyPoll {
         if self.window.is_zero() || self.idle_since.is_some() || !self.streams.none_awaited() {
             return false;
         }
-        self.idle_since = Some(Instant::now());
+        let idle_since = Instant::now();
+        self.idle_since = Some(idle_since);
         if !self.client_returns_quickly {
             return false;
         }
-        poll_until_readable(socket, self.window);
+        let ended_by_input = poll_until_readable(socket, self.window);
+        if let Some(metrics) = &self.metrics {
+            metrics.record_busy_poll(ended_by_input, idle_since.elapsed());
+        }
         true
     }
 }
 
+impl std::fmt::Debug for BusyPoll {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BusyPoll")
+            .field("window", &self.window)
+            .field("streams", &self.streams)
+            .field("idle_since", &self.idle_since)
+            .field("client_returns_quickly", &self.client_returns_quickly)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Polls `socket` for readability without sleeping, until it is readable (or
-/// closed, or in error) or `window` has passed.
-fn poll_until_readable(socket: BorrowedFd<'_>, window: Duration) {
+/// closed, or in error: true) or `window` has passed (false).
+fn poll_until_readable(socket: BorrowedFd<'_>, window: Duration) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     const NOW: Timespec = Timespec {
         tv_sec: 0,
@@ -119,10 +140,10 @@ fn poll_until_readable(socket: BorrowedFd<'_>, window: Duration) {
         match poll(&mut watched, Some(&NOW)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => {}
             // Readable, hung up or in error: h2 finds out which on its read.
-            Ok(_) | Err(_) => return,
+            Ok(_) | Err(_) => return true,
         }
         if start.elapsed() >= window {
-            return;
+            return false;
         }
         // Lets a client on this CPU run; returns at once when none waits.
         std::thread::yield_now();
@@ -287,7 +308,8 @@ mod tests {
     fn polling_starts_after_a_quick_return_and_stops_after_a_slow_one() {
         let (socket, _peer) = UnixStream::pair().unwrap();
         let window = Duration::from_millis(50);
-        let mut poll = BusyPoll::new(window);
+        let metrics = Arc::new(Metrics::new());
+        let mut poll = BusyPoll::new(window, Some(metrics.clone()));
         poll.client_sent(CLIENT_PREFACE);
         assert!(!exchange(&mut poll, &socket, 1), "no gap seen yet");
         assert!(!poll.flushed(socket.as_fd()), "once per idle spell");
@@ -301,6 +323,11 @@ mod tests {
         assert!(!exchange(&mut poll, &socket, 5));
         // Back quickly again: polling again.
         assert!(exchange(&mut poll, &socket, 7));
+        let exposition = metrics.encode();
+        assert!(
+            exposition.contains("cri_imaged_api_busy_polls_total{outcome=\"window_passed\"} 2"),
+            "{exposition}"
+        );
     }
 
     #[test]
@@ -314,7 +341,7 @@ mod tests {
             peer
         });
         let started = Instant::now();
-        poll_until_readable(socket.as_fd(), window);
+        assert!(poll_until_readable(socket.as_fd(), window));
         assert!(started.elapsed() < window / 2);
         drop(sender.join().unwrap());
     }
@@ -322,7 +349,7 @@ mod tests {
     #[test]
     fn a_zero_window_follows_nothing_and_never_polls() {
         let (socket, _peer) = UnixStream::pair().unwrap();
-        let mut poll = BusyPoll::new(Duration::ZERO);
+        let mut poll = BusyPoll::new(Duration::ZERO, None);
         poll.client_sent(CLIENT_PREFACE);
         for stream in [1, 3, 5] {
             assert!(!exchange(&mut poll, &socket, stream));

@@ -36,7 +36,6 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -56,11 +55,10 @@ pub struct AcceptedConnection {
 }
 
 impl AcceptedConnection {
-    /// `busy_poll_window`: see [`BusyPoll`]; zero for none.
-    pub fn new(stream: UnixStream, busy_poll_window: Duration) -> io::Result<AcceptedConnection> {
+    pub fn new(stream: UnixStream, busy_poll: BusyPoll) -> io::Result<AcceptedConnection> {
         let connect_info = stream.connect_info();
         Ok(AcceptedConnection {
-            socket: ReadRegisteredSocket::new(stream.into_std()?, BusyPoll::new(busy_poll_window))?,
+            socket: ReadRegisteredSocket::new(stream.into_std()?, busy_poll)?,
             connect_info,
             authority_rewriter: AuthorityRewriter::new(),
         })
@@ -270,7 +268,7 @@ impl AsyncWrite for ReadRegisteredSocket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -280,7 +278,8 @@ mod tests {
     async fn bytes_that_are_not_http2_pass_through_both_ways_in_order_and_h2_is_told_not_vectored()
     {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut connection = AcceptedConnection::new(ours, Duration::ZERO).unwrap();
+        let mut connection =
+            AcceptedConnection::new(ours, BusyPoll::new(Duration::ZERO, None)).unwrap();
         assert!(!connection.is_write_vectored());
         // More than a unix socket buffers, so the writer must wait for the
         // reader part of the way. Not an HTTP/2 preface, so the reading side
@@ -356,7 +355,8 @@ mod tests {
     #[tokio::test]
     async fn the_socket_is_watched_for_room_to_write_only_while_a_write_waits_for_it() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut connection = AcceptedConnection::new(ours, Duration::ZERO).unwrap();
+        let mut connection =
+            AcceptedConnection::new(ours, BusyPoll::new(Duration::ZERO, None)).unwrap();
         let masks = epoll_masks_of(connection.socket.stream());
         assert_eq!(masks.len(), 1, "one registration: {masks:x?}");
         assert!(
@@ -429,7 +429,8 @@ mod tests {
         let server = std::thread::spawn(move || {
             current_thread().block_on(async move {
                 let socket = UnixStream::from_std(ours).unwrap();
-                let connection = AcceptedConnection::new(socket, WINDOW).unwrap();
+                let connection =
+                    AcceptedConnection::new(socket, BusyPoll::new(WINDOW, None)).unwrap();
                 let mut connection = h2::server::handshake(connection).await.unwrap();
                 while let Some(accepted) = connection.accept().await {
                     let (request, mut respond) = accepted.unwrap();
@@ -504,10 +505,11 @@ mod tests {
         sent.extend_from_slice(&block);
         client.write_all(&sent).await.unwrap();
 
-        let mut connection =
-            h2::server::handshake(AcceptedConnection::new(ours, Duration::ZERO).unwrap())
-                .await
-                .unwrap();
+        let mut connection = h2::server::handshake(
+            AcceptedConnection::new(ours, BusyPoll::new(Duration::ZERO, None)).unwrap(),
+        )
+        .await
+        .unwrap();
         let (request, _respond) = connection.accept().await.unwrap().unwrap();
         assert_eq!(
             request

@@ -91,8 +91,12 @@ pub async fn serve(
         admin::AdminApi::new(service.clone()),
     );
     let observe = request_observer::ObserveRequestsLayer::new(service.metrics().clone());
+    let metrics = service.metrics().clone();
     let incoming = UnixListenerStream::new(listener).map(move |accepted| {
-        accepted.and_then(|stream| connection_io::AcceptedConnection::new(stream, busy_poll_window))
+        accepted.and_then(|stream| {
+            let busy_poll = busy_poll::BusyPoll::new(busy_poll_window, Some(metrics.clone()));
+            connection_io::AcceptedConnection::new(stream, busy_poll)
+        })
     });
     tonic::transport::Server::builder()
         .layer(observe)

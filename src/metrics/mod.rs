@@ -21,6 +21,7 @@ pub mod http_server;
 mod pull_result;
 mod store_stats;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{RwLock, Weak};
 use std::time::Duration;
 
@@ -165,6 +166,15 @@ struct PullFamilies {
 struct RpcFamilies {
     requests: Family<RpcLabels, Counter>,
     duration_seconds: Family<MethodLabels, Histogram>,
+    /// Made once per outcome, so counting a poll allocates nothing.
+    busy_polls_ended_by_input: Counter,
+    busy_polls_window_passed: Counter,
+    busy_poll_seconds: Counter<f64, AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 struct StoreGauges {
@@ -277,10 +287,32 @@ impl Metrics {
             pulls.queued.clone(),
         );
 
+        let busy_polls: Family<OutcomeLabels, Counter> = Family::default();
+        let busy_poll_outcome = |outcome: &str| {
+            busy_polls
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
         let rpc = RpcFamilies {
             requests: Family::default(),
             duration_seconds: Family::new_with_constructor(rpc_duration_buckets),
+            busy_polls_ended_by_input: busy_poll_outcome("input"),
+            busy_polls_window_passed: busy_poll_outcome("window_passed"),
+            busy_poll_seconds: Counter::default(),
         };
+        registry.register(
+            "api_busy_polls",
+            "Polls of an idle CRI connection instead of sleeping (api.busy_poll_us), \
+             by outcome: input (the client sent or hung up) or window_passed",
+            busy_polls,
+        );
+        registry.register(
+            "api_busy_poll_seconds",
+            "Time spent polling idle CRI connections",
+            rpc.busy_poll_seconds.clone(),
+        );
         registry.register(
             "grpc_requests",
             "gRPC requests answered (CRI and admin), by method and status code",
@@ -496,6 +528,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// One poll of an idle connection: whether the client's input ended it
+    /// (rather than the window passing), and how long it took.
+    pub fn record_busy_poll(&self, ended_by_input: bool, spent: Duration) {
+        if ended_by_input {
+            self.rpc.busy_polls_ended_by_input.inc();
+        } else {
+            self.rpc.busy_polls_window_passed.inc();
+        }
+        self.rpc.busy_poll_seconds.inc_by(spent.as_secs_f64());
+    }
+
     /// Counts one gc pass and keeps its summary line for `cri-imaged status`.
     pub fn record_gc(&self, summary: &GcRunSummary) {
         let gc = &self.maintenance;
@@ -655,6 +698,10 @@ mod tests {
             PullResult::NotFound,
             Duration::from_millis(1500),
         );
+        // Durations whose sum is exact in binary floating point.
+        metrics.record_busy_poll(true, Duration::from_millis(250));
+        metrics.record_busy_poll(true, Duration::from_millis(125));
+        metrics.record_busy_poll(false, Duration::from_millis(500));
         metrics.record_gc(&GcRunSummary {
             blobs_removed: 2,
             bytes_freed: 4096,
@@ -670,6 +717,12 @@ mod tests {
         ));
         assert!(
             text.contains("cri_imaged_gc_reclaimed_bytes_total 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cri_imaged_api_busy_polls_total{outcome=\"input\"} 2")
+                && text.contains("cri_imaged_api_busy_polls_total{outcome=\"window_passed\"} 1")
+                && text.contains("cri_imaged_api_busy_poll_seconds_total 0.875"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
