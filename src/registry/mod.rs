@@ -219,6 +219,12 @@ impl RegistryClient {
     pub fn new(config: RegistryConfig, resolver: Box<dyn EndpointResolver>) -> RegistryClient {
         // reqwest is built without a bundled crypto provider; ring is ours. A
         // second install (another client in the same process) is harmless.
+        // rustls 0.23.48 deprecates ring's provider because it has no
+        // post-quantum key exchange; aws-lc-rs has one but compiles a large C
+        // library into every build. Kept, knowingly: what we fetch is
+        // verified by digest whatever the transport, and the choice is
+        // revisited when ring gains X25519MLKEM768 (rustls issue 2801).
+        #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         RegistryClient {
             inner: Arc::new(ClientInner {
